@@ -1,0 +1,31 @@
+# Two entry points: `make demo` (the main job) and `make test` (the test suite). Both build .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip install --disable-pip-version-check -q -c constraints-cpu.txt
+
+.PHONY: venv demo test test-fast test-slow bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints-cpu.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) torch==2.13.0
+	$(PIP) -e '.[dev]'
+	touch $@
+
+demo: venv
+	$(BIN)/cafe demo
+
+test: venv
+	$(BIN)/python -m pytest -m "not slow" -q --durations=15
+	$(BIN)/python -m pytest -m slow -q --durations=15 || [ $$? -eq 5 ]
+
+test-fast: venv
+	$(BIN)/python -m pytest -m "not slow" -q
+
+bench: venv
+	$(BIN)/python benchmarks/tradeoff.py
+
+clean:
+	rm -rf data models runs metrics reports

@@ -1,0 +1,3 @@
+"""cafe: contrastive-autoregressive fine-tuning (CAFe) of vision-language models, as MLOps."""
+
+__version__ = "0.1.0"

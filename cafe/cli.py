@@ -1,0 +1,138 @@
+"""`cafe`: one subcommand per stage. Config comes from params.yaml plus ``-s section.key=value`` overrides;
+inputs and outputs are paths. DVC stages, KFP components and people all call these same commands."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from cafe.config import ConfigError, Params, load_params
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console(stderr=True)
+
+ParamsOpt = typer.Option("params.yaml", "--params", "-p", help="params file (missing: defaults)")
+SetOpt = typer.Option(None, "--set", "-s", help="override, e.g. -s train.max_steps=100 (repeatable)")
+
+
+def _params(path: str, overrides: Optional[list[str]]) -> Params:
+    try:
+        return load_params(path, overrides)
+    except ConfigError as err:
+        console.print(f"[red]config error[/red]: {err}")
+        raise typer.Exit(2) from None
+
+
+def _quiet_libraries() -> None:
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+@app.command()
+def synth(params: str = ParamsOpt, set: Optional[list[str]] = SetOpt) -> None:
+    """Generate the shapes world: instruction data and held-out evaluation sets."""
+    from cafe.data import shapes
+
+    p = _params(params, set)
+    start = time.perf_counter()
+    counts = shapes.generate(p.synth)
+    console.print(f"shapes world -> {p.synth.out} in {time.perf_counter() - start:.1f}s: {counts}")
+
+
+@app.command()
+def repurpose(params: str = ParamsOpt, set: Optional[list[str]] = SetOpt) -> None:
+    """Instruction records -> (image, caption) pairs."""
+    from cafe.data.repurpose import repurpose as run
+
+    p = _params(params, set)
+    counts = run(p.repurpose)
+    console.print(f"pairs -> {p.repurpose.out}: {counts}")
+
+
+@app.command()
+def pretrain(params: str = ParamsOpt, set: Optional[list[str]] = SetOpt,
+             resume: bool = typer.Option(True, help="continue from the newest complete checkpoint")) -> None:
+    """Train the tiny base model language-only (the embedded stand-in for a pretrained LVLM)."""
+    from cafe.distributed import cleanup, init_distributed
+    from cafe.training.pretrain import pretrain as run
+
+    _quiet_libraries()
+    p = _params(params, set)
+    out = run(p, init_distributed(p.train.backend), resume=resume)
+    console.print(f"base model -> {out}")
+    cleanup()
+
+
+@app.command()
+def train(params: str = ParamsOpt, set: Optional[list[str]] = SetOpt,
+          resume: bool = typer.Option(True, help="continue from the newest complete checkpoint")) -> None:
+    """CAFe fine-tuning: alpha_lm * L_lm + alpha_con * L_con. Runs alone or under torchrun."""
+    from cafe.data.samples import load_pair_samples
+    from cafe.distributed import cleanup, init_distributed
+    from cafe.training.trainer import Trainer
+
+    _quiet_libraries()
+    p = _params(params, set)
+    dist = init_distributed(p.train.backend)
+    samples = load_pair_samples(p.train.data, p.prompts.caption)
+    out = Trainer(p.train, p, dist).fit(samples, p.train.base_model, resume=resume)
+    if dist.is_main:
+        console.print(f"fine-tuned model -> {out}")
+    cleanup()
+
+
+@app.command()
+def evaluate(model: str = typer.Option(..., "--model", "-m", help="checkpoint directory or hub id"),
+             out: str = typer.Option(..., "--out", "-o", help="directory for metrics.json"),
+             params: str = ParamsOpt, set: Optional[list[str]] = SetOpt) -> None:
+    """Retrieval R@K both ways, caption object P/R/F1, yes/no probes, modality gap -> metrics.json."""
+    from cafe.evaluation.evaluate import evaluate as run
+    from cafe.models import load_adapter
+
+    _quiet_libraries()
+    p = _params(params, set)
+    metrics = run(load_adapter(model, p.prompts, p.model), p.evaluate, p.prompts, out)
+    console.print_json(json.dumps(metrics))
+
+
+@app.command()
+def compare(metrics: list[str] = typer.Argument(..., help="NAME=path/to/metrics.json, first is the reference")) -> None:
+    """Print metrics files side by side."""
+    from cafe.report import load_metrics, print_table
+
+    runs = {}
+    for item in metrics:
+        name, _, path = item.partition("=")
+        runs[name if path else Path(name).parent.name] = load_metrics(path or name)
+    print_table(runs, "comparison", Console())
+
+
+@app.command()
+def demo(params: str = ParamsOpt, set: Optional[list[str]] = SetOpt) -> None:
+    """The main job on the embedded default: synth -> repurpose -> pretrain (cached) -> CAFe -> evaluate,
+    then the before/after table."""
+    from cafe.demo import run
+
+    _quiet_libraries()
+    p = _params(params, set)
+    ok = run(p, Console())
+    raise typer.Exit(0 if ok else 1)
+
+
+def main() -> None:  # pragma: no cover
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

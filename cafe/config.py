@@ -1,0 +1,213 @@
+"""One typed config for every stage, loaded from ``params.yaml``.
+
+The defaults in the classes are the paper's settings (CAFe, section 4.1); ``params.yaml`` holds the values
+of the embedded default (a tiny model trained on CPU in minutes). Every stage saves the config it ran with
+next to its outputs, so the lineage of an artifact is always readable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class SynthConfig(_Section):
+    """The generated shapes world (`cafe synth`)."""
+
+    out: str = "data/shapes"
+    seed: int = 0
+    eval_seed: int = 1
+    image_size: int = 64
+    train_images: int = 4000
+    retrieval_images: int = 500
+    probe_images: int = 200
+    object_count_weights: list[float] = Field(default_factory=lambda: [0.2, 0.4, 0.4])
+
+
+class TinyModelConfig(_Section):
+    """Sizes of the tiny LLaVA-OneVision built from config (SigLIP tower + Qwen2 LM)."""
+
+    vision_hidden: int = 128
+    vision_layers: int = 2
+    vision_heads: int = 4
+    patch_size: int = 16
+    text_hidden: int = 128
+    text_layers: int = 4
+    text_heads: int = 4
+    text_kv_heads: int = 2
+    text_intermediate: int = 384
+    max_positions: int = 512
+
+
+class ModelConfig(_Section):
+    """Which checkpoint to load and how to run it."""
+
+    family: str = "llava_onevision"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    attn_implementation: str = "sdpa"
+    gradient_checkpointing: bool = False
+    embed_padding_side: Literal["left", "right"] = "left"
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
+
+
+class PromptConfig(_Section):
+    """Instructions (paper Table 1). The embedding prompts end the user turn; the assistant's first
+    position is where the embedding is read."""
+
+    system: str = "You are a helpful assistant."
+    image_embed: str = "Compress this image in one word:"
+    text_embed: str = "Compress this sentence in one word:"
+    caption: str = "Describe the image briefly."
+
+
+class ObjectiveConfig(_Section):
+    """L = alpha_lm * L_lm + alpha_con * L_con (paper Eq. 3)."""
+
+    alpha_lm: float = 1.0
+    alpha_con: float = 10.0
+    temperature: float = 0.05
+    # Eq. 1 as printed sums the two directions; the published code averages them.
+    directions: Literal["sum", "mean"] = "mean"
+
+
+class OptimConfig(_Section):
+    lr: float = 1e-5  # projector + LLM
+    lr_vision: float = 2e-6  # vision tower
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_ratio: float = 0.03
+    min_lr_ratio: float = 0.0
+    # "per_loss" clips the contrastive and language gradients separately before adding them, so that
+    # alpha_con = 10 cannot starve the language term under one shared clip; "global" clips their sum.
+    clip_mode: Literal["per_loss", "global", "none"] = "per_loss"
+    clip_norm: float = 1.0
+
+
+class TrainConfig(_Section):
+    """`cafe train` (CAFe fine-tuning) and, with alpha_con = 0, `cafe pretrain`."""
+
+    data: str = "data/pairs/train.jsonl"
+    base_model: str = "models/base"
+    output: str = "runs/cafe"
+    epochs: float = 1.0
+    max_steps: int = 0  # > 0 overrides epochs
+    batch_size: int = 32  # per process
+    seed: int = 0
+    num_workers: int = 0
+    save_every: int = 0  # steps; 0 = only at the end
+    keep_last: int = 2
+    log_every: int = 10
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+
+
+class PretrainConfig(_Section):
+    """`cafe pretrain`: the embedded stand-in for a pretrained LVLM, trained language-only."""
+
+    data: str = "data/shapes/train/instructions.json"
+    output: str = "models/base"
+    steps: int = 2000
+    batch_size: int = 32
+    lr: float = 2e-3
+    warmup_ratio: float = 0.05
+    seed: int = 0
+
+
+class RepurposeConfig(_Section):
+    """Instruction records -> (image, caption) pairs (paper section 4.1)."""
+
+    input: str = "data/shapes/train/instructions.json"
+    image_root: str = "data/shapes/train"
+    out: str = "data/pairs/train.jsonl"
+    keep_kinds: list[str] = Field(default_factory=lambda: ["brief"])
+
+
+class EvalConfig(_Section):
+    data: str = "data/shapes/eval"
+    batch_size: int = 64
+    max_new_tokens: int = 32
+    recall_ks: list[int] = Field(default_factory=lambda: [1, 5, 10])
+
+
+class Params(_Section):
+    synth: SynthConfig = Field(default_factory=SynthConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    prompts: PromptConfig = Field(default_factory=PromptConfig)
+    repurpose: RepurposeConfig = Field(default_factory=RepurposeConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvalConfig = Field(default_factory=EvalConfig)
+
+    def digest(self, *sections: str) -> str:
+        """Short content hash of the named sections (all if none), for caching and lineage."""
+        data = self.model_dump(mode="json")
+        if sections:
+            data = {s: data[s] for s in sections}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class ConfigError(ValueError):
+    """A params file or override that does not fit the config schema."""
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    node = tree
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key!r}: {part!r} is not a section")
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
+    """``["train.max_steps=10", "objective.alpha_con=0"]`` -> nested dict (values parsed as YAML)."""
+    tree: dict[str, Any] = {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.key=value")
+        key, raw = item.split("=", 1)
+        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
+    return tree
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_params(path: str | Path | None = "params.yaml", overrides: list[str] | None = None) -> Params:
+    """Load ``params.yaml`` (missing file -> defaults) and apply ``key=value`` overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None and Path(path).exists():
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    raw = _merge(raw, parse_overrides(overrides))
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        lines = [f"{path or 'params'}: invalid config"]
+        for e in err.errors():
+            loc = ".".join(str(p) for p in e["loc"])
+            lines.append(f"  {loc}: {e['msg']}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def save_params(params: Params, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))

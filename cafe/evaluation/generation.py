@@ -1,0 +1,64 @@
+"""Generation checks: objects named in captions against the objects present, and yes/no answers.
+
+Object matching uses a vocabulary of attribute words and object words (the shapes world's colours and
+shapes by default): an object is a (colour, shape) pair named in the text. Yes/no answers are parsed the
+way POPE's evaluation does: the first sentence, "no"/"not" anywhere means no, otherwise yes.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable, Sequence
+
+_WORD = re.compile(r"[a-z]+")
+
+
+def parse_objects(text: str, colours: Iterable[str], shapes: Iterable[str]) -> set[tuple[str, str]]:
+    """(colour, shape) pairs named in the text: a shape word with the nearest colour word before it
+    (size words may stand between)."""
+    colours, shapes = set(colours), set(shapes)
+    found: set[tuple[str, str]] = set()
+    colour = None
+    for word in _WORD.findall(text.lower()):
+        if word in colours:
+            colour = word
+        elif word in shapes:
+            if colour is not None:
+                found.add((colour, word))
+            colour = None
+    return found
+
+
+def object_prf(predicted: Sequence[set], truth: Sequence[set]) -> dict[str, float]:
+    """Micro precision, recall and F1 of predicted object sets against the true ones."""
+    tp = sum(len(p & t) for p, t in zip(predicted, truth))
+    n_pred = sum(len(p) for p in predicted)
+    n_true = sum(len(t) for t in truth)
+    precision = tp / n_pred if n_pred else 0.0
+    recall = tp / n_true if n_true else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1}
+
+
+def parse_yes_no(answer: str) -> str:
+    """POPE's rule: keep the first sentence; 'no' or 'not' among its words means "no", else "yes"."""
+    first = answer.split(".")[0].replace(",", " ").lower()
+    words = first.split()
+    return "no" if ("no" in words or "not" in words) else "yes"
+
+
+def yes_no_scores(answers: Sequence[str], labels: Sequence[str]) -> dict[str, float]:
+    """Accuracy, precision, recall, F1 (positive = "yes") and the share of "yes" answers."""
+    pred = [parse_yes_no(a) for a in answers]
+    tp = sum(p == "yes" and l == "yes" for p, l in zip(pred, labels))
+    fp = sum(p == "yes" and l == "no" for p, l in zip(pred, labels))
+    fn = sum(p == "no" and l == "yes" for p, l in zip(pred, labels))
+    n = len(labels)
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    return {
+        "accuracy": sum(p == l for p, l in zip(pred, labels)) / n if n else 0.0,
+        "precision": precision, "recall": recall,
+        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+        "yes_ratio": pred.count("yes") / n if n else 0.0,
+    }

@@ -1,0 +1,41 @@
+"""`cafe pretrain`: the embedded stand-in for a pretrained LLaVA-OneVision.
+
+A tiny model of the real architecture, with a tokenizer trained on the shapes world, is trained
+language-only on the shapes world's instruction data (brief captions, detailed descriptions, yes/no
+questions). CAFe then fine-tunes from it exactly as the paper fine-tunes LLaVA-OneVision: the base
+captions and answers well but has never been asked to embed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from cafe.config import ObjectiveConfig, OptimConfig, Params, TrainConfig
+from cafe.data.samples import load_instruction_samples
+from cafe.data.shapes import vocabulary_corpus
+from cafe.distributed import DistEnv
+from cafe.models.llava_onevision import build_tiny
+from cafe.training.trainer import Trainer
+
+
+def pretrain_config(params: Params) -> TrainConfig:
+    p = params.pretrain
+    return TrainConfig(
+        data=p.data, output=p.output, max_steps=p.steps, batch_size=p.batch_size, seed=p.seed,
+        optim=OptimConfig(lr=p.lr, lr_vision=p.lr, warmup_ratio=p.warmup_ratio, clip_mode="global"),
+        objective=ObjectiveConfig(alpha_lm=1.0, alpha_con=0.0),
+    )
+
+
+def pretrain(params: Params, dist: DistEnv, resume: bool = True) -> Path:
+    """Build the tiny model and train it language-only; returns the model directory."""
+    cfg = pretrain_config(params)
+    samples = load_instruction_samples(cfg.data)
+    corpus = vocabulary_corpus() + sorted({s.prompt for s in samples} | {s.answer for s in samples})
+
+    def init():
+        return build_tiny(corpus, params.synth.image_size, params.model.tiny, params.prompts, params.model,
+                          seed=params.pretrain.seed)
+
+    return Trainer(cfg, params, dist).fit(samples, init, resume=resume)

@@ -1,0 +1,189 @@
+"""The training loop: one readable loop for CAFe fine-tuning and for language-only pretraining.
+
+Per step: the language instruction with its answer gives L_lm; the image and text embedding instructions
+give embeddings that are gathered across ranks with gradient for L_con; the weighted terms are
+back-propagated (clipped per term), gradients averaged across ranks, one optimizer step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from cafe.config import Params, TrainConfig, save_params
+from cafe.data.samples import GlobalBatchSampler, Sample, SampleDataset, collate, steps_for_epochs
+from cafe.distributed import DistEnv, average_gradients, barrier, gather, gather_with_grad
+from cafe.models import load_adapter
+from cafe.models.adapter import VLMAdapter
+from cafe.objective import caption_ids, combine, info_nce
+from cafe.training import checkpoint as ckpt
+from cafe.training.optim import backward_and_clip, build_optimizer, build_scheduler
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def compute_losses(adapter: VLMAdapter, batch: dict, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """Unweighted loss terms of one batch: "lm" when alpha_lm > 0, "con" when alpha_con > 0."""
+    obj = cfg.objective
+    losses: dict[str, torch.Tensor] = {}
+    if obj.alpha_lm > 0:
+        losses["lm"] = adapter.lm_loss(adapter.lm_inputs(batch["images"], batch["prompts"], batch["answers"]))
+    if obj.alpha_con > 0:
+        if any(c is None for c in batch["captions"]):
+            raise ValueError("alpha_con > 0 needs captions: train on repurposed pairs, not instruction records")
+        image = gather_with_grad(adapter.embed(adapter.image_embed_inputs(batch["images"])))
+        text = gather_with_grad(adapter.embed(adapter.text_embed_inputs(batch["captions"])))
+        ids = gather(caption_ids(batch["captions"]).to(image.device))
+        losses["con"] = info_nce(image, text, obj.temperature, ids, obj.directions)
+    if not losses:
+        raise ValueError("alpha_lm and alpha_con are both 0: nothing to train")
+    return losses
+
+
+class Trainer:
+    """Fits a model on samples, writing checkpoints and a JSONL step log under ``cfg.output``."""
+
+    def __init__(self, cfg: TrainConfig, params: Params, dist: DistEnv, progress: bool = True):
+        self.cfg, self.params, self.dist = cfg, params, dist
+        self.out = Path(cfg.output)
+        self.ckpt_root = self.out / "checkpoints"
+        self.log_path = self.out / "train_log.jsonl"
+        self.progress = progress and dist.is_main
+
+    # ----------------------------------------------------------------- state
+    def _load(self, init: str | Path | Callable[[], VLMAdapter], resume: bool) -> tuple[VLMAdapter, Path | None]:
+        latest = ckpt.latest_checkpoint(self.ckpt_root) if resume else None
+        if latest is not None:
+            return load_adapter(latest, self.params.prompts, self.params.model), latest
+        if callable(init):
+            return init(), None
+        return load_adapter(init, self.params.prompts, self.params.model), None
+
+    def _save(self, adapter, optimizer, scheduler, step: int) -> Path:
+        staged = ckpt.staging_dir(self.ckpt_root, step)
+        if self.dist.is_main:
+            staged.mkdir(parents=True, exist_ok=True)
+        barrier()
+        torch.save(ckpt.rng_state(), staged / f"rng_state_{self.dist.rank}.pt")
+        if self.dist.is_main:
+            adapter.save_pretrained(staged)
+            torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "world_size": self.dist.world_size}, staged / "trainer_state.pt")
+            save_params(self.params, staged / "params.yaml")
+        barrier()
+        final = ckpt.finalize(self.ckpt_root, step, self.cfg.keep_last) if self.dist.is_main else staged
+        barrier()
+        return final
+
+    def _restore(self, path: Path, optimizer, scheduler) -> int:
+        state = torch.load(path / "trainer_state.pt", map_location=self.dist.device, weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        rng_file = path / f"rng_state_{self.dist.rank}.pt"
+        if rng_file.exists():  # absent when resuming with more ranks than were saved
+            ckpt.set_rng_state(torch.load(rng_file, weights_only=False))
+        if self.dist.is_main and self.log_path.exists():
+            kept = [line for line in self.log_path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= state["step"]]
+            self.log_path.write_text("".join(line + "\n" for line in kept))
+        return int(state["step"])
+
+    # ----------------------------------------------------------------- loop
+    def fit(self, samples: list[Sample], init: str | Path | Callable[[], VLMAdapter], resume: bool = True,
+            stop_after: int | None = None) -> Path:
+        """Train and return the directory of the final model (``<output>/model``).
+
+        ``stop_after`` ends the run early after that many steps (with a checkpoint), as an interruption would.
+        """
+        cfg, dist = self.cfg, self.dist
+        seed_everything(cfg.seed + dist.rank)
+        adapter, resumed_from = self._load(init, resume)
+        model = adapter.model.to(dist.device)
+        model.train()
+        params = [p for p in model.parameters() if p.requires_grad]
+
+        global_batch = cfg.batch_size * dist.world_size
+        total = cfg.max_steps or steps_for_epochs(len(samples), global_batch, cfg.epochs)
+        optimizer = build_optimizer(model, cfg.optim)
+        scheduler = build_scheduler(optimizer, cfg.optim, total)
+        step = self._restore(resumed_from, optimizer, scheduler) if resumed_from else 0
+        if dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_params(self.params, self.out / "params.yaml")
+
+        sampler = GlobalBatchSampler(len(samples), cfg.batch_size, dist.world_size, dist.rank, cfg.seed,
+                                     start_step=step, total_steps=total)
+        loader = DataLoader(SampleDataset(samples), batch_sampler=sampler, collate_fn=collate,
+                            num_workers=cfg.num_workers, persistent_workers=False)
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
+                    if dist.device.type == "cuda" and self.params.model.dtype != "float32" else nullcontext())
+        bar = tqdm(total=total, initial=step, desc="train", disable=not self.progress, dynamic_ncols=True,
+                   mininterval=1.0)
+        log = self.log_path.open("a") if dist.is_main else None
+        last = time.perf_counter()
+        stop_at = min(total, step + stop_after) if stop_after else total
+        try:
+            for batch in loader:
+                with autocast:
+                    losses = compute_losses(adapter, batch, cfg)
+                weighted = combine(losses, cfg.objective)
+                norms = backward_and_clip(weighted, params, cfg.optim, average_gradients)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+
+                now = time.perf_counter()
+                rate = global_batch / max(now - last, 1e-9)
+                last = now
+                record = {"step": step, "loss": float(sum(weighted.values()).detach()),
+                          **{f"loss_{k}": float(v.detach()) for k, v in losses.items()},
+                          **{f"grad_norm_{k}": v for k, v in norms.items()},
+                          "lr": scheduler.get_last_lr()[-1], "samples_per_s": rate}
+                if log is not None:
+                    log.write(json.dumps(record) + "\n")
+                    log.flush()
+                bar.update(1)
+                if step % max(1, cfg.log_every) == 0 or step == total:
+                    bar.set_postfix({k.removeprefix("loss_"): f"{v:.3f}" for k, v in record.items()
+                                     if k.startswith("loss_")} | {"samples/s": f"{rate:.0f}"})
+                if not math.isfinite(record["loss"]):
+                    raise FloatingPointError(f"step {step}: loss is {record['loss']}; lower the learning rate")
+                if step >= stop_at:
+                    break
+                if cfg.save_every and step % cfg.save_every == 0:
+                    self._save(adapter, optimizer, scheduler, step)
+        finally:
+            bar.close()
+            if log is not None:
+                log.close()
+
+        self._save(adapter, optimizer, scheduler, step)
+        final = self.out / "model"
+        if step >= total and dist.is_main:
+            staged = self.out / ".tmp-model"
+            adapter.save_pretrained(staged)
+            save_params(self.params, staged / "params.yaml")
+            (staged / "train_summary.json").write_text(json.dumps(
+                {"steps": step, "global_batch": global_batch, "samples": len(samples),
+                 "resumed_from": str(resumed_from) if resumed_from else None}, indent=1))
+            if final.exists():
+                import shutil
+                shutil.rmtree(final)
+            staged.rename(final)
+        barrier()
+        return final

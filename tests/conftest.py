@@ -1,0 +1,48 @@
+"""Shared fixtures: a small shapes world and a small tiny model, built once per session."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cafe.config import Params, SynthConfig, TinyModelConfig
+from cafe.data import shapes
+from cafe.models.llava_onevision import build_tiny
+
+torch.set_num_threads(2)
+
+SMALL_MODEL = TinyModelConfig(vision_hidden=32, vision_layers=1, vision_heads=2, text_hidden=32, text_layers=2,
+                              text_heads=2, text_kv_heads=1, text_intermediate=64)
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory):
+    """A shapes world of 160 training images and 40 retrieval images."""
+    out = tmp_path_factory.mktemp("shapes")
+    cfg = SynthConfig(out=str(out), train_images=160, retrieval_images=40, probe_images=10)
+    shapes.generate(cfg)
+    return out
+
+
+@pytest.fixture()
+def params(world, tmp_path) -> Params:
+    p = Params()
+    p.synth.out = str(world)
+    p.model.tiny = SMALL_MODEL.model_copy()
+    p.repurpose.input = str(world / "train" / "instructions.json")
+    p.repurpose.image_root = str(world / "train")
+    p.repurpose.out = str(tmp_path / "pairs.jsonl")
+    p.train.data = p.repurpose.out
+    p.train.output = str(tmp_path / "run")
+    p.evaluate.data = str(world / "eval")
+    return p
+
+
+def make_adapter(params: Params, seed: int = 0):
+    return build_tiny(shapes.vocabulary_corpus(), params.synth.image_size, params.model.tiny, params.prompts,
+                      params.model, seed=seed)
+
+
+@pytest.fixture()
+def adapter(params):
+    return make_adapter(params)
