@@ -107,6 +107,8 @@ class TrainConfig(_Section):
     keep_last: int = 2
     log_every: int = 10
     backend: Literal["auto", "gloo", "nccl"] = "auto"
+    # bf16 autocast on GPU (master weights stay in model.dtype); CPU runs always compute in fp32
+    precision: Literal["bf16", "fp32"] = "bf16"
     optim: OptimConfig = Field(default_factory=OptimConfig)
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
 

@@ -153,13 +153,13 @@ class VLMAdapter:
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]
         return F.normalize(pooled.float(), dim=-1)
 
-    def lm_loss(self, inputs) -> torch.Tensor:
-        """Mean next-token cross-entropy over labelled positions; the LM head runs only there."""
+    def lm_loss(self, inputs, reduction: str = "mean") -> torch.Tensor:
+        """Next-token cross-entropy over labelled positions ("mean" or "sum"); the LM head runs only there."""
         hidden = self.hidden_states(inputs)[:, :-1]
         targets = inputs["labels"][:, 1:]
         keep = targets != IGNORE_INDEX
         logits = self.model.lm_head(hidden[keep])
-        return F.cross_entropy(logits.float(), targets[keep])
+        return F.cross_entropy(logits.float(), targets[keep], reduction=reduction)
 
     @torch.no_grad()
     def encode_images(self, images: Sequence[Image.Image], batch_size: int = 64) -> torch.Tensor:

@@ -24,7 +24,7 @@ from cafe.config import Params, TrainConfig, save_params
 from cafe.data.samples import GlobalBatchSampler, Sample, SampleDataset, collate, steps_for_epochs
 from cafe.distributed import DistEnv, average_gradients, barrier, gather, gather_with_grad
 from cafe.models import load_adapter
-from cafe.models.adapter import VLMAdapter
+from cafe.models.adapter import IGNORE_INDEX, VLMAdapter
 from cafe.objective import caption_ids, combine, info_nce
 from cafe.training import checkpoint as ckpt
 from cafe.training.optim import backward_and_clip, build_optimizer, build_scheduler
@@ -41,7 +41,12 @@ def compute_losses(adapter: VLMAdapter, batch: dict, cfg: TrainConfig) -> dict[s
     obj = cfg.objective
     losses: dict[str, torch.Tensor] = {}
     if obj.alpha_lm > 0:
-        losses["lm"] = adapter.lm_loss(adapter.lm_inputs(batch["images"], batch["prompts"], batch["answers"]))
+        inputs = adapter.lm_inputs(batch["images"], batch["prompts"], batch["answers"])
+        # mean over the global batch's answer tokens (not a mean of per-rank means), scaled by the world
+        # size because gradients are averaged across ranks
+        local = (inputs["labels"][:, 1:] != IGNORE_INDEX).sum()
+        world = gather(local[None])
+        losses["lm"] = adapter.lm_loss(inputs, reduction="sum") * len(world) / world.sum()
     if obj.alpha_con > 0:
         if any(c is None for c in batch["captions"]):
             raise ValueError("alpha_con > 0 needs captions: train on repurposed pairs, not instruction records")
@@ -82,7 +87,8 @@ class Trainer:
         if self.dist.is_main:
             adapter.save_pretrained(staged)
             torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "world_size": self.dist.world_size}, staged / "trainer_state.pt")
+                        "world_size": self.dist.world_size, "seed": self.cfg.seed,
+                        "global_batch": self.cfg.batch_size * self.dist.world_size}, staged / "trainer_state.pt")
             save_params(self.params, staged / "params.yaml")
         barrier()
         final = ckpt.finalize(self.ckpt_root, step, self.cfg.keep_last) if self.dist.is_main else staged
@@ -91,6 +97,11 @@ class Trainer:
 
     def _restore(self, path: Path, optimizer, scheduler) -> int:
         state = torch.load(path / "trainer_state.pt", map_location=self.dist.device, weights_only=False)
+        global_batch = self.cfg.batch_size * self.dist.world_size
+        if (state["global_batch"], state["seed"]) != (global_batch, self.cfg.seed):
+            raise ValueError(
+                f"{path} was trained with global batch {state['global_batch']} and seed {state['seed']}; this run has "
+                f"{global_batch} and {self.cfg.seed}. Keep batch_size x processes and the seed, or start a new output.")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         rng_file = path / f"rng_state_{self.dist.rank}.pt"
@@ -130,7 +141,7 @@ class Trainer:
         loader = DataLoader(SampleDataset(samples), batch_sampler=sampler, collate_fn=collate,
                             num_workers=cfg.num_workers, persistent_workers=False)
         autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
-                    if dist.device.type == "cuda" and self.params.model.dtype != "float32" else nullcontext())
+                    if dist.device.type == "cuda" and cfg.precision == "bf16" else nullcontext())
         bar = tqdm(total=total, initial=step, desc="train", disable=not self.progress, dynamic_ncols=True,
                    mininterval=1.0)
         log = self.log_path.open("a") if dist.is_main else None
