@@ -109,6 +109,9 @@ class TrainConfig(_Section):
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     # bf16 autocast on GPU (master weights stay in model.dtype); CPU runs always compute in fp32
     precision: Literal["bf16", "fp32"] = "bf16"
+    # gradient caching: > 0 embeds (and runs the language loss on) this many samples at a time, so the
+    # contrastive batch can grow without activation memory growing; 0 = the whole per-process batch at once
+    grad_cache_chunk: int = 0
     optim: OptimConfig = Field(default_factory=OptimConfig)
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
 

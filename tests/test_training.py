@@ -40,16 +40,25 @@ def test_vision_tower_gets_its_own_learning_rate(adapter):
     assert sum(len(g["params"]) for g in groups) == len(list(adapter.model.parameters()))
 
 
+def _terms(w):
+    def term(coeffs):
+        def run():
+            loss = (w * torch.tensor(coeffs)).sum()
+            loss.backward()
+            return loss.detach()
+        return run
+    return {"lm": term([0.1, 0.0, 0.0]), "con": term([0.0, 30.0, 40.0])}
+
+
 def test_per_loss_clipping_bounds_each_term_separately():
     w = torch.nn.Parameter(torch.ones(3))
-    terms = {"lm": (w * torch.tensor([0.1, 0.0, 0.0])).sum(), "con": (w * torch.tensor([0.0, 30.0, 40.0])).sum()}
-    norms = backward_and_clip(terms, [w], OptimConfig(clip_mode="per_loss", clip_norm=1.0), lambda p: None)
+    losses, norms = backward_and_clip(_terms(w), [w], OptimConfig(clip_mode="per_loss", clip_norm=1.0), lambda p: None)
     assert norms == pytest.approx({"lm": 0.1, "con": 50.0})
+    assert losses["con"].item() == pytest.approx(70.0)
     # language gradient untouched (under the limit), contrastive scaled to norm 1
     torch.testing.assert_close(w.grad, torch.tensor([0.1, 0.6, 0.8]))
     w.grad = None
-    terms = {"lm": (w * torch.tensor([0.1, 0.0, 0.0])).sum(), "con": (w * torch.tensor([0.0, 30.0, 40.0])).sum()}
-    backward_and_clip(terms, [w], OptimConfig(clip_mode="global", clip_norm=1.0), lambda p: None)
+    backward_and_clip(_terms(w), [w], OptimConfig(clip_mode="global", clip_norm=1.0), lambda p: None)
     assert w.grad[0] < 0.01  # one shared clip starves the language term
 
 

@@ -44,22 +44,25 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_st
     )
 
 
-def backward_and_clip(weighted: dict[str, torch.Tensor], params: list[torch.nn.Parameter], cfg: OptimConfig,
-                      sync: Callable[[list[torch.nn.Parameter]], None]) -> dict[str, float]:
-    """Back-propagate the weighted loss terms, synchronise gradients across ranks with ``sync``, clip as
-    configured; returns the pre-clip gradient norm of each term (or of the total)."""
-    if cfg.clip_mode != "per_loss" or len(weighted) == 1:
-        sum(weighted.values()).backward()
+def backward_and_clip(terms: dict[str, Callable[[], torch.Tensor]], params: list[torch.nn.Parameter],
+                      cfg: OptimConfig, sync: Callable[[list[torch.nn.Parameter]], None]
+                      ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Run each term's forward + backward (see ``cafe.training.step``), synchronise gradients across ranks
+    with ``sync``, clip as configured. Returns the terms' unweighted losses and the pre-clip gradient norm
+    of each term ("per_loss") or of their sum ("global")."""
+    if cfg.clip_mode != "per_loss" or len(terms) == 1:
+        losses = {name: run() for name, run in terms.items()}
         sync(params)
         if cfg.clip_mode == "none":
-            return {}
-        return {"total": float(torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm))}
+            return losses, {}
+        return losses, {"total": float(torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm))}
+    losses: dict[str, torch.Tensor] = {}
     norms: dict[str, float] = {}
     accumulated: list[torch.Tensor | None] = [None] * len(params)
-    for name, loss in weighted.items():
+    for name, run in terms.items():
         for p in params:
             p.grad = None
-        loss.backward()
+        losses[name] = run()
         sync(params)
         norms[name] = float(torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm))
         for i, p in enumerate(params):
@@ -67,4 +70,4 @@ def backward_and_clip(weighted: dict[str, torch.Tensor], params: list[torch.nn.P
                 accumulated[i] = p.grad if accumulated[i] is None else accumulated[i].add_(p.grad)
     for p, g in zip(params, accumulated):
         p.grad = g
-    return norms
+    return losses, norms

@@ -1,8 +1,13 @@
 """The training loop: one readable loop for CAFe fine-tuning and for language-only pretraining.
 
 Per step: the language instruction with its answer gives L_lm; the image and text embedding instructions
-give embeddings that are gathered across ranks with gradient for L_con; the weighted terms are
-back-propagated (clipped per term), gradients averaged across ranks, one optimizer step.
+give embeddings that are gathered across ranks with gradient for L_con (``cafe.training.step``); each
+weighted term is back-propagated, its gradient averaged across ranks and clipped on its own, then one
+optimizer step.
+
+Gradients are averaged by hand (``cafe.distributed.average_gradients``) rather than by wrapping the model
+in DistributedDataParallel: a CAFe step runs several forwards through sub-modules per backward and, with
+gradient caching, several backwards per step, which DDP's hooks do not follow.
 """
 
 from __future__ import annotations
@@ -22,41 +27,19 @@ from tqdm.auto import tqdm
 
 from cafe.config import Params, TrainConfig, save_params
 from cafe.data.samples import GlobalBatchSampler, Sample, SampleDataset, collate, steps_for_epochs
-from cafe.distributed import DistEnv, average_gradients, barrier, gather, gather_with_grad
+from cafe.distributed import DistEnv, average_gradients, barrier
 from cafe.models import load_adapter
-from cafe.models.adapter import IGNORE_INDEX, VLMAdapter
-from cafe.objective import caption_ids, combine, info_nce
+from cafe.models.adapter import VLMAdapter
+from cafe.objective import combine
 from cafe.training import checkpoint as ckpt
 from cafe.training.optim import backward_and_clip, build_optimizer, build_scheduler
+from cafe.training.step import loss_terms
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def compute_losses(adapter: VLMAdapter, batch: dict, cfg: TrainConfig) -> dict[str, torch.Tensor]:
-    """Unweighted loss terms of one batch: "lm" when alpha_lm > 0, "con" when alpha_con > 0."""
-    obj = cfg.objective
-    losses: dict[str, torch.Tensor] = {}
-    if obj.alpha_lm > 0:
-        inputs = adapter.lm_inputs(batch["images"], batch["prompts"], batch["answers"])
-        # mean over the global batch's answer tokens (not a mean of per-rank means), scaled by the world
-        # size because gradients are averaged across ranks
-        local = (inputs["labels"][:, 1:] != IGNORE_INDEX).sum()
-        world = gather(local[None])
-        losses["lm"] = adapter.lm_loss(inputs, reduction="sum") * len(world) / world.sum()
-    if obj.alpha_con > 0:
-        if any(c is None for c in batch["captions"]):
-            raise ValueError("alpha_con > 0 needs captions: train on repurposed pairs, not instruction records")
-        image = gather_with_grad(adapter.embed(adapter.image_embed_inputs(batch["images"])))
-        text = gather_with_grad(adapter.embed(adapter.text_embed_inputs(batch["captions"])))
-        ids = gather(caption_ids(batch["captions"]).to(image.device))
-        losses["con"] = info_nce(image, text, obj.temperature, ids, obj.directions)
-    if not losses:
-        raise ValueError("alpha_lm and alpha_con are both 0: nothing to train")
-    return losses
 
 
 class Trainer:
@@ -150,9 +133,9 @@ class Trainer:
         try:
             for batch in loader:
                 with autocast:
-                    losses = compute_losses(adapter, batch, cfg)
+                    losses, norms = backward_and_clip(loss_terms(adapter, batch, cfg), params, cfg.optim,
+                                                      average_gradients)
                 weighted = combine(losses, cfg.objective)
-                norms = backward_and_clip(weighted, params, cfg.optim, average_gradients)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -161,8 +144,8 @@ class Trainer:
                 now = time.perf_counter()
                 rate = global_batch / max(now - last, 1e-9)
                 last = now
-                record = {"step": step, "loss": float(sum(weighted.values()).detach()),
-                          **{f"loss_{k}": float(v.detach()) for k, v in losses.items()},
+                record = {"step": step, "loss": float(sum(weighted.values())),
+                          **{f"loss_{k}": float(v) for k, v in losses.items()},
                           **{f"grad_norm_{k}": v for k, v in norms.items()},
                           "lr": scheduler.get_last_lr()[-1], "samples_per_s": rate}
                 if log is not None:

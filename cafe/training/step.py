@@ -1,0 +1,121 @@
+"""The loss terms of one CAFe step, each as a closure that runs its forward and backward passes.
+
+Running each term's forward and backward together (rather than building every graph first) keeps only one
+term's graph alive at a time, lets the optimizer clip each term's gradient on its own, and makes
+gradient caching possible:
+
+- ``lm``: next-token loss on the answers, the mean over the global batch's answer tokens; computed in
+  chunks of ``train.grad_cache_chunk`` samples when set, each chunk back-propagated at once.
+- ``con``: symmetric InfoNCE over the global batch. Without caching, embeddings keep their graph and are
+  gathered across ranks with gradient. With ``train.grad_cache_chunk`` (gradient caching, Gao et al. 2021):
+  1. embed every chunk without a graph, recording the RNG state before each chunk;
+  2. gather the embeddings, compute the loss on detached leaves, back-propagate to get d loss / d embedding;
+  3. re-embed each chunk with a graph under its recorded RNG state (so dropout matches) and back-propagate
+     ``sum(embedding * cached_gradient)``, which puts exactly the full-batch gradient on the parameters
+     while only one chunk's activations are alive.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Sequence
+
+import torch
+
+from cafe.config import TrainConfig
+from cafe.distributed import gather, gather_with_grad
+from cafe.models.adapter import IGNORE_INDEX, VLMAdapter
+from cafe.objective import caption_ids, info_nce
+
+Term = Callable[[], torch.Tensor]  # runs forward + backward of one weighted term; returns the unweighted loss
+
+
+def _spans(n: int, chunk: int) -> list[tuple[int, int]]:
+    size = chunk if 0 < chunk < n else n
+    return [(lo, min(lo + size, n)) for lo in range(0, n, size)]
+
+
+def _rng_snapshot(device: torch.device) -> tuple:
+    return torch.get_rng_state(), (torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+
+
+@contextmanager
+def _replay(state: tuple, device: torch.device):
+    """Run the block under a recorded RNG state, leaving the outer RNG stream untouched."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.set_rng_state(state[0])
+        if state[1] is not None:
+            torch.cuda.set_rng_state(state[1], device)
+        yield
+
+
+def lm_term(adapter: VLMAdapter, batch: dict, alpha: float, chunk: int) -> Term:
+    def run() -> torch.Tensor:
+        parts = [adapter.lm_inputs(batch["images"][lo:hi], batch["prompts"][lo:hi], batch["answers"][lo:hi])
+                 for lo, hi in _spans(len(batch["images"]), chunk)]
+        local = sum((p["labels"][:, 1:] != IGNORE_INDEX).sum() for p in parts)
+        counts = gather(local[None])
+        # gradients are averaged across ranks afterwards, hence the world-size factor
+        scale = len(counts) / counts.sum()
+        total = torch.zeros((), device=adapter.device)
+        for inputs in parts:
+            loss = adapter.lm_loss(inputs, reduction="sum") * scale
+            (alpha * loss).backward()
+            total += loss.detach()
+        return total
+    return run
+
+
+def _embed_pair(adapter: VLMAdapter, images: Sequence, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    return adapter.embed(adapter.image_embed_inputs(images)), adapter.embed(adapter.text_embed_inputs(captions))
+
+
+def contrastive_term(adapter: VLMAdapter, batch: dict, cfg: TrainConfig) -> Term:
+    obj = cfg.objective
+    images, captions = batch["images"], batch["captions"]
+    if any(c is None for c in captions):
+        raise ValueError("alpha_con > 0 needs captions: train on repurposed pairs, not instruction records")
+    spans = _spans(len(images), cfg.grad_cache_chunk)
+
+    def loss_of(image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        ids = gather(caption_ids(captions).to(image.device))
+        return info_nce(gather_with_grad(image), gather_with_grad(text), obj.temperature, ids, obj.directions)
+
+    def direct() -> torch.Tensor:
+        loss = loss_of(*_embed_pair(adapter, images, captions))
+        (obj.alpha_con * loss).backward()
+        return loss.detach()
+
+    def cached() -> torch.Tensor:
+        device = adapter.device
+        states, image_parts, text_parts = [], [], []
+        with torch.no_grad():
+            for lo, hi in spans:
+                states.append(_rng_snapshot(device))
+                image, text = _embed_pair(adapter, images[lo:hi], captions[lo:hi])
+                image_parts.append(image)
+                text_parts.append(text)
+        image = torch.cat(image_parts).requires_grad_()
+        text = torch.cat(text_parts).requires_grad_()
+        loss = loss_of(image, text)
+        (obj.alpha_con * loss).backward()
+        for (lo, hi), state in zip(spans, states):
+            with _replay(state, device):
+                image_chunk, text_chunk = _embed_pair(adapter, images[lo:hi], captions[lo:hi])
+            surrogate = (image_chunk * image.grad[lo:hi]).sum() + (text_chunk * text.grad[lo:hi]).sum()
+            surrogate.backward()
+        return loss.detach()
+
+    return cached if len(spans) > 1 else direct
+
+
+def loss_terms(adapter: VLMAdapter, batch: dict, cfg: TrainConfig) -> dict[str, Term]:
+    """The step's terms: "lm" when alpha_lm > 0, "con" when alpha_con > 0."""
+    terms: dict[str, Term] = {}
+    if cfg.objective.alpha_lm > 0:
+        terms["lm"] = lm_term(adapter, batch, cfg.objective.alpha_lm, cfg.grad_cache_chunk)
+    if cfg.objective.alpha_con > 0:
+        terms["con"] = contrastive_term(adapter, batch, cfg)
+    if not terms:
+        raise ValueError("alpha_lm and alpha_con are both 0: nothing to train")
+    return terms
