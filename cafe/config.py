@@ -126,6 +126,7 @@ class PretrainConfig(_Section):
     lr: float = 2e-3
     warmup_ratio: float = 0.05
     seed: int = 0
+    save_every: int = 250  # steps; a long pretraining keeps its progress
 
 
 class RepurposeConfig(_Section):

@@ -22,7 +22,7 @@ from cafe.training.trainer import Trainer
 def pretrain_config(params: Params) -> TrainConfig:
     p = params.pretrain
     return TrainConfig(
-        data=p.data, output=p.output, max_steps=p.steps, batch_size=p.batch_size, seed=p.seed,
+        data=p.data, output=p.output, max_steps=p.steps, batch_size=p.batch_size, seed=p.seed, save_every=p.save_every,
         optim=OptimConfig(lr=p.lr, lr_vision=p.lr, warmup_ratio=p.warmup_ratio, clip_mode="global"),
         objective=ObjectiveConfig(alpha_lm=1.0, alpha_con=0.0),
     )
