@@ -79,6 +79,8 @@ def run(params: Params, console: Console) -> bool:
         "retrieval R@1 far above the base (both ways, at least +0.2)":
             cafe["i2t_R@1"] >= base["i2t_R@1"] + 0.2 and cafe["t2i_R@1"] >= base["t2i_R@1"] + 0.2,
         "caption object F1 within 10% of the base": cafe["object_f1"] >= 0.9 * base["object_f1"],
+        "R@1 >= 0.5 both ways": cafe["i2t_R@1"] >= 0.5 and cafe["t2i_R@1"] >= 0.5,
+        "caption object F1 >= 0.5": cafe["object_f1"] >= 0.5,
     }
     for label, passed in checks.items():
         console.print(f"{'[green]✓' if passed else '[red]✗'}[/] {label}")
