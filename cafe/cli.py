@@ -160,9 +160,14 @@ def delete_job(name: str = typer.Argument(..., help="the job's name (launch.name
                kind: str = typer.Option("pytorchjob", help="pytorchjob | trainjob"),
                namespace: str = typer.Option("cafe", "--namespace", "-n")) -> None:
     """Delete a training job and its pods; succeeds if it is already gone (for pipeline exit handlers)."""
+    from cafe.cluster.jobs import LaunchError
     from cafe.cluster.submit import delete_job as run
 
-    gone = run(name, kind=kind, namespace=namespace)
+    try:
+        gone = run(name, kind=kind, namespace=namespace)
+    except LaunchError as err:
+        console.print(f"[red]launch error[/red]: {err}")
+        raise typer.Exit(2) from None
     console.print(f"{kind} {namespace}/{name}: {'deleted' if gone else 'already gone'}")
 
 

@@ -10,7 +10,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from cafe.cluster.jobs import build_job, launch_warnings
+from cafe.cluster.jobs import build_job, job_overrides, job_params, launch_warnings
 from cafe.config import Params
 
 
@@ -31,7 +31,9 @@ def write_manifest(params: Params, params_file: str, overrides: Sequence[str], o
 
 
 def summary(params: Params, overrides: Sequence[str]) -> Table:
+    """What the job will run, as its ranks will see the config."""
     la = params.launch
+    params = job_params(params, job_overrides(params, la, overrides))
     table = Table(title=f"{la.kind} {la.namespace}/{la.name}", show_header=False)
     world = la.nodes * la.procs_per_node
     shape = (f"elastic {la.elastic.min_nodes}..{la.elastic.max_nodes} nodes (start {la.nodes})"

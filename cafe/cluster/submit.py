@@ -17,7 +17,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
-from cafe.cluster.jobs import PYTORCHJOB_API, TRAINJOB_API, pytorchjob_model, trainjob_model
+from cafe.cluster.jobs import PYTORCHJOB_API, TRAINJOB_API, LaunchError, pytorchjob_model, trainjob_model
 from cafe.config import LaunchConfig, Params
 
 SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
@@ -39,11 +39,16 @@ class JobRef:
 def client_configuration(kubeconfig: str = "", context: str = "") -> k8s.Configuration:
     """Where the API server is and how to authenticate, like kubectl (or the pod's service account)."""
     cfg = k8s.Configuration()
-    if kubeconfig or context or not os.path.exists(SERVICE_ACCOUNT_TOKEN):
-        k8s_config.load_kube_config(config_file=kubeconfig or None, context=context or None,
-                                    client_configuration=cfg)
-    else:
-        k8s_config.load_incluster_config(client_configuration=cfg)
+    kubeconfig = kubeconfig or os.environ.get("KUBECONFIG", "")
+    try:
+        if kubeconfig or context or not os.path.exists(SERVICE_ACCOUNT_TOKEN):
+            k8s_config.load_kube_config(config_file=kubeconfig or None, context=context or None,
+                                        client_configuration=cfg)
+        else:
+            k8s_config.load_incluster_config(client_configuration=cfg)
+    except k8s_config.ConfigException as err:
+        raise LaunchError(f"no cluster configured ({err}); set launch.kubeconfig / KUBECONFIG, "
+                          "or run without --submit to write the manifest") from None
     return cfg
 
 
