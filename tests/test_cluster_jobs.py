@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from cafe.cli import app
 from cafe.cluster.jobs import (ANNOTATION_DIGEST, LaunchError, build_pytorchjob, build_trainjob, job_overrides,
-                               job_params, launch_warnings)
+                               job_params, launch_warnings, run_digest)
 from cafe.config import ConfigError, load_params
 from kube_schemas import crd_errors
 
@@ -123,7 +123,7 @@ def test_command_line_parses_back_into_the_launched_config(build):
         assert in_job.train.batch_size * 16 == 1024
         assert (in_job.train.strategy, in_job.train.grad_cache_chunk) == ("deepspeed", 16)
         assert not any(s.startswith("launch.") for s in cli["set"])
-    assert doc["metadata"]["annotations"][ANNOTATION_DIGEST] == expected.digest()
+    assert doc["metadata"]["annotations"][ANNOTATION_DIGEST] == run_digest(expected)
 
 
 def test_fixed_job_rendezvous_comes_from_the_operator():

@@ -124,11 +124,16 @@ def _tolerations(launch: LaunchConfig) -> list[k8s.V1Toleration] | None:
     return [k8s.V1Toleration(**t.model_dump(exclude_none=True)) for t in launch.tolerations] or None
 
 
+def run_digest(params: Params) -> str:
+    """Digest of what the ranks run: every section but ``launch``, which only the launcher reads."""
+    return params.digest(*[name for name in Params.model_fields if name != "launch"])
+
+
 def _metadata(params: Params, launch: LaunchConfig, params_file: str) -> k8s.V1ObjectMeta:
     return k8s.V1ObjectMeta(
         name=launch.name, namespace=launch.namespace,
         labels={"app.kubernetes.io/name": "cafe", "app.kubernetes.io/component": "training"},
-        annotations={ANNOTATION_DIGEST: params.digest(), "cafe.dev/params-file": params_file})
+        annotations={ANNOTATION_DIGEST: run_digest(params), "cafe.dev/params-file": params_file})
 
 
 def pytorchjob_model(params: Params, launch_cfg: LaunchConfig | None = None, *, params_file: str = "params.yaml",
