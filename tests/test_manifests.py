@@ -4,6 +4,7 @@ training jobs are what `cafe launch` writes today."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -165,3 +166,26 @@ def test_generated_jobs_are_current(build, path):
     assert committed == generated, f"regenerate manifests/jobs/{path} with cafe launch (see its kustomization)"
     doc = yaml.safe_load(committed)
     assert crd_errors(doc) == []
+
+
+def test_readme_shows_what_the_command_prints():
+    """README 'Running on a real cluster': the shown command, run now, prints exactly the YAML shown."""
+    import shlex
+    import textwrap
+
+    from typer.testing import CliRunner
+
+    from cafe.cli import app
+
+    text = (ROOT / "README.md").read_text().split("## Running on a real cluster", 1)[1]
+    command = re.search(r"```bash\n\s*(cafe launch [^\n]*)\n\s*```", text)[1]
+    shown = textwrap.dedent(re.search(r"```yaml\n(.*?)\n\s*```", text, re.S)[1]) + "\n"
+    result = CliRunner().invoke(app, shlex.split(command)[1:])
+    assert result.exit_code == 0, result.output
+    printed = result.stdout
+    assert printed == shown, "README job listing is out of date: re-run the command and paste its output"
+    doc = yaml.safe_load(shown)
+    assert crd_errors(doc) == []
+    spec = doc["spec"]
+    assert {k: r["replicas"] for k, r in spec["pytorchReplicaSpecs"].items()} == {"Master": 1, "Worker": 1}
+    assert spec["nprocPerNode"] == "8" and "train.batch_size=64" in str(spec)
