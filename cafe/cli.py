@@ -127,6 +127,50 @@ def demo(params: str = ParamsOpt, set: Optional[list[str]] = SetOpt) -> None:
     raise typer.Exit(0 if ok else 1)
 
 
+@app.command()
+def launch(params: str = ParamsOpt, set: Optional[list[str]] = SetOpt,
+           out: Optional[str] = typer.Option(None, "--out", "-o", help="write the manifest here (default: stdout)"),
+           submit: bool = typer.Option(False, "--submit", help="create the job on the cluster (kubeconfig or "
+                                       "in-cluster service account) instead of printing it"),
+           follow: bool = typer.Option(True, "--follow/--no-follow", help="with --submit: wait for the end")) -> None:
+    """The training job for a Kubernetes cluster: a Kubeflow PyTorchJob (or Trainer v2 TrainJob with
+    -s launch.kind=trainjob) running `torchrun -m cafe.cli train` with this config in the image."""
+    from cafe.cluster.jobs import LaunchError
+    from cafe.cluster.launch import submit_and_follow, summary, warn, write_manifest
+
+    p = _params(params, set)
+    warn(p, console)
+    try:
+        if submit:
+            console.print(summary(p, set or []))
+            raise typer.Exit(0 if submit_and_follow(p, params, set or [], follow, console) else 1)
+        text = write_manifest(p, params, set or [], out)
+    except LaunchError as err:
+        console.print(f"[red]launch error[/red]: {err}")
+        raise typer.Exit(2) from None
+    if out:
+        console.print(summary(p, set or []))
+        console.print(f"{p.launch.kind} -> {out}")
+    else:
+        sys.stdout.write(text)
+
+
+@app.command("delete-job")
+def delete_job(name: str = typer.Argument(..., help="the job's name (launch.name)"),
+               kind: str = typer.Option("pytorchjob", help="pytorchjob | trainjob"),
+               namespace: str = typer.Option("cafe", "--namespace", "-n")) -> None:
+    """Delete a training job and its pods; succeeds if it is already gone (for pipeline exit handlers)."""
+    from cafe.cluster.jobs import LaunchError
+    from cafe.cluster.submit import delete_job as run
+
+    try:
+        gone = run(name, kind=kind, namespace=namespace)
+    except LaunchError as err:
+        console.print(f"[red]launch error[/red]: {err}")
+        raise typer.Exit(2) from None
+    console.print(f"{kind} {namespace}/{name}: {'deleted' if gone else 'already gone'}")
+
+
 def main() -> None:  # pragma: no cover
     try:
         app()

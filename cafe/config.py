@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class _Section(BaseModel):
@@ -112,6 +113,10 @@ class TrainConfig(_Section):
     # gradient caching: > 0 embeds (and runs the language loss on) this many samples at a time, so the
     # contrastive batch can grow without activation memory growing; 0 = the whole per-process batch at once
     grad_cache_chunk: int = 0
+    # distributed strategy (issue 6, CONTRACTS.md; the deepspeed branch defines the same three keys)
+    strategy: Literal["ddp", "deepspeed"] = "ddp"
+    deepspeed_config: str = ""  # a JSON file in configs/deepspeed/ when strategy is deepspeed
+    checkpoint_store: str = ""  # an open_store URI for checkpoints; empty = the local output folder
     optim: OptimConfig = Field(default_factory=OptimConfig)
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
 
@@ -145,6 +150,76 @@ class EvalConfig(_Section):
     recall_ks: list[int] = Field(default_factory=lambda: [1, 5, 10])
 
 
+class ElasticConfig(_Section):
+    """torchrun elastic training: workers only, c10d rendezvous, between ``min_nodes`` and ``max_nodes``."""
+
+    enabled: bool = False
+    min_nodes: int = Field(1, ge=1)
+    max_nodes: int = Field(1, ge=1)
+    max_restarts: int = Field(3, ge=0)
+    rdzv_port: int = 29400
+
+
+class Toleration(_Section):
+    key: Optional[str] = None
+    operator: Literal["Equal", "Exists"] = "Equal"
+    value: Optional[str] = None
+    effect: Optional[Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]] = None
+
+
+class LaunchConfig(_Section):
+    """`cafe launch`: the training job on a Kubernetes cluster (Kubeflow PyTorchJob or Trainer v2 TrainJob)."""
+
+    name: str = "cafe-train"
+    namespace: str = "cafe"
+    kind: Literal["pytorchjob", "trainjob"] = "pytorchjob"
+    image: str = "ghcr.io/cafe-project/cafe:0.1.0"
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    service_account: str = ""  # empty: the namespace's default
+    nodes: int = Field(1, ge=1)  # pods; for an elastic job the initial number of workers
+    gpus_per_node: int = Field(1, ge=0)  # 0 = a CPU job (gloo)
+    gpu_resource: str = "nvidia.com/gpu"
+    nproc_per_node: int = Field(0, ge=0)  # processes per pod; 0 = gpus_per_node (1 on CPU)
+    cpu: str = "8"
+    memory: str = "64Gi"
+    shm_size: str = "16Gi"  # /dev/shm for data-loader workers and NCCL
+    global_batch: int = Field(0, ge=0)  # > 0 sets train.batch_size = global_batch / (nodes * nproc_per_node)
+    master_port: int = 23456
+    elastic: ElasticConfig = Field(default_factory=ElasticConfig)
+    backoff_limit: int = Field(3, ge=0)  # pod restarts before the job fails (resumes from the newest checkpoint)
+    ttl_seconds_after_finished: int = Field(0, ge=0)  # 0 = keep the finished job
+    secret: str = "cafe-s3-credentials"  # keys AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY
+    s3_endpoint: str = "http://minio.cafe.svc.cluster.local:9000"
+    nccl_env: dict[str, str] = Field(default_factory=lambda: {
+        "NCCL_DEBUG": "WARN", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1"})
+    env: dict[str, str] = Field(default_factory=dict)
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    runtime: str = "torch-distributed"  # Trainer v2 ClusterTrainingRuntime
+    kubeconfig: str = ""  # empty: ~/.kube/config, or the in-cluster service account
+    context: str = ""
+    poll_seconds: int = Field(30, ge=1)
+    timeout_seconds: int = Field(7 * 24 * 3600, ge=1)
+
+    @property
+    def procs_per_node(self) -> int:
+        return self.nproc_per_node or self.gpus_per_node or 1
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "LaunchConfig":
+        # pod and service names are <name>-worker-<i>: a DNS label with room for the suffix
+        if not re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", self.name) or len(self.name) > 40:
+            raise ValueError(f"name {self.name!r}: use lower-case letters, digits and '-', at most 40 characters")
+        e = self.elastic
+        if e.enabled and not e.min_nodes <= self.nodes <= e.max_nodes:
+            raise ValueError(f"elastic job: need elastic.min_nodes ({e.min_nodes}) <= nodes ({self.nodes}) "
+                             f"<= elastic.max_nodes ({e.max_nodes})")
+        world = self.nodes * self.procs_per_node
+        if self.global_batch and self.global_batch % world:
+            raise ValueError(f"global_batch {self.global_batch} does not split over nodes x processes = {world}")
+        return self
+
+
 class Params(_Section):
     synth: SynthConfig = Field(default_factory=SynthConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -153,6 +228,7 @@ class Params(_Section):
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
+    launch: LaunchConfig = Field(default_factory=LaunchConfig)
 
     def digest(self, *sections: str) -> str:
         """Short content hash of the named sections (all if none), for caching and lineage."""
