@@ -127,6 +127,18 @@ def demo(params: str = ParamsOpt, set: Optional[list[str]] = SetOpt) -> None:
     raise typer.Exit(0 if ok else 1)
 
 
+@app.command()
+def merge(model: str = typer.Option(..., "--model", "-m", help="LoRA checkpoint directory (cafe train with model.lora)"),
+          out: str = typer.Option(..., "--out", "-o", help="directory for the full checkpoint"),
+          params: str = ParamsOpt, set: Optional[list[str]] = SetOpt) -> None:
+    """Fold a LoRA checkpoint's adapters into its base weights: a full checkpoint for serving."""
+    from cafe.models import merge as run
+
+    _quiet_libraries()
+    p = _params(params, set)
+    console.print(f"merged full checkpoint -> {run(model, out, p.prompts, p.model)}")
+
+
 def main() -> None:  # pragma: no cover
     try:
         app()

@@ -72,8 +72,8 @@ class SoftPromptConfig(_Section):
 
 
 class TrainableConfig(_Section):
-    """Which parts train in full. ``None`` = in full unless LoRA adapts that part (then only its
-    adapters train)."""
+    """Which parts train in full. ``None`` = in full unless LoRA is on (a parameter-efficient run then
+    trains the LoRA adapters, the soft prompt and the projector)."""
 
     vision_tower: bool | None = None
     projector: bool = True

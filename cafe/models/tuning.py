@@ -91,14 +91,14 @@ def lora_target_pattern(adapter: "VLMAdapter", cfg: LoraConfig) -> str:
 
 
 def resolve_trainable(cfg: TrainableConfig, lora_parts: set[str]) -> dict[str, bool]:
-    """Which parts train in full: the configured flags, ``None`` meaning "unless LoRA adapts it"."""
+    """Which parts train in full: the configured flags, ``None`` meaning "unless LoRA is on"."""
     out = {}
     for part in PARTS:
         flag = getattr(cfg, part)
         if flag and part in lora_parts:
             raise ValueError(f"model.trainable.{part}=true but LoRA adapts the {part}: train it in full or with "
                              f"LoRA, not both (set model.trainable.{part}=false, or drop it from model.lora)")
-        out[part] = (part not in lora_parts) if flag is None else bool(flag)
+        out[part] = (not lora_parts) if flag is None else bool(flag)
     return out
 
 
