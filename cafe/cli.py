@@ -171,6 +171,18 @@ def delete_job(name: str = typer.Argument(..., help="the job's name (launch.name
     console.print(f"{kind} {namespace}/{name}: {'deleted' if gone else 'already gone'}")
 
 
+@app.command()
+def merge(model: str = typer.Option(..., "--model", "-m", help="LoRA checkpoint directory (cafe train with model.lora)"),
+          out: str = typer.Option(..., "--out", "-o", help="directory for the full checkpoint"),
+          params: str = ParamsOpt, set: Optional[list[str]] = SetOpt) -> None:
+    """Fold a LoRA checkpoint's adapters into its base weights: a full checkpoint for serving."""
+    from cafe.models import merge as run
+
+    _quiet_libraries()
+    p = _params(params, set)
+    console.print(f"merged full checkpoint -> {run(model, out, p.prompts, p.model)}")
+
+
 def main() -> None:  # pragma: no cover
     try:
         app()

@@ -35,7 +35,7 @@ class SynthConfig(_Section):
 
 
 class TinyModelConfig(_Section):
-    """Sizes of the tiny LLaVA-OneVision built from config (SigLIP tower + Qwen2 LM)."""
+    """Sizes of the tiny model of the configured family built from config (vision tower + LM)."""
 
     vision_hidden: int = 128
     vision_layers: int = 2
@@ -49,6 +49,38 @@ class TinyModelConfig(_Section):
     max_positions: int = 512
 
 
+class LoraConfig(_Section):
+    """LoRA adapters (peft) on the language model's linear layers, and optionally the vision tower's.
+    Module names are matched by their last component, only inside the part they belong to."""
+
+    enabled: bool = False
+    r: int = Field(16, ge=1)
+    alpha: float = 32.0
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    vision: bool = False
+    # SigLIP / CLIP towers name them q/k/v/out_proj + fc1/fc2; Qwen2-VL's tower qkv/proj + fc1/fc2
+    vision_target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj", "qkv", "proj", "fc1", "fc2"])
+
+
+class SoftPromptConfig(_Section):
+    """Learnable soft prompt (VladVA): ``tokens`` trainable vectors inserted into both embedding
+    instructions just before the prompt words, initialised from the prompt words' own embeddings."""
+
+    tokens: int = Field(0, ge=0)  # 0 = off
+
+
+class TrainableConfig(_Section):
+    """Which parts train in full. ``None`` = in full unless LoRA is on (a parameter-efficient run then
+    trains the LoRA adapters, the soft prompt and the projector)."""
+
+    vision_tower: bool | None = None
+    projector: bool = True
+    llm: bool | None = None
+
+
 class ModelConfig(_Section):
     """Which checkpoint to load and how to run it."""
 
@@ -58,6 +90,9 @@ class ModelConfig(_Section):
     gradient_checkpointing: bool = False
     embed_padding_side: Literal["left", "right"] = "left"
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    soft_prompt: SoftPromptConfig = Field(default_factory=SoftPromptConfig)
+    trainable: TrainableConfig = Field(default_factory=TrainableConfig)
 
 
 class PromptConfig(_Section):

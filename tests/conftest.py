@@ -7,7 +7,7 @@ import torch
 
 from cafe.config import Params, SynthConfig, TinyModelConfig
 from cafe.data import shapes
-from cafe.models.llava_onevision import build_tiny
+from cafe.models import build_tiny
 
 torch.set_num_threads(2)
 

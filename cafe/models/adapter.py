@@ -8,8 +8,10 @@ The objective and the trainer only see three operations:
   label is (not at every position of the sequence);
 - ``generate(images, prompts)``: greedy or sampled answers.
 
-A model family (LLaVA-OneVision here) subclasses :class:`VLMAdapter` and says how to load its model and
-processor; the prompt building goes through the family's own chat template.
+A model family subclasses :class:`VLMAdapter`: it names its model and processor classes, where its vision
+tower and projector live, and how to build a tiny model of its architecture from config. Everything else
+(prompts through the family's own chat template, pooling, losses, generation, LoRA and soft prompts from
+``cafe.models.tuning``, saving and loading) is shared here.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from cafe.config import ModelConfig, PromptConfig
+from cafe.config import ModelConfig, PromptConfig, TinyModelConfig
+from cafe.models import tuning
 
 IGNORE_INDEX = -100
 
@@ -36,8 +39,12 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
 class VLMAdapter:
     """Prompts, pooling and losses for one loaded model + processor."""
 
+    family: str = ""
     model_class: Any = None
     processor_class: Any = None
+    # parameter-name prefixes of the parts (everything else is the LLM); projector is checked first
+    vision_prefixes: tuple[str, ...] = ("model.vision_tower.",)
+    projector_prefixes: tuple[str, ...] = ("model.multi_modal_projector.",)
 
     def __init__(self, model, processor, prompts: PromptConfig, model_cfg: ModelConfig | None = None):
         self.model = model
@@ -45,26 +52,61 @@ class VLMAdapter:
         self.prompts = prompts
         self.model_cfg = model_cfg or ModelConfig()
         self.tokenizer = processor.tokenizer
+        self.peft = None  # peft.PeftModel wrapping self.model in place when LoRA is on
+        self.soft_prompt: tuning.SoftPrompt | None = None
+        self.trainable = {part: True for part in tuning.PARTS}
+        self.base_path: str | None = None  # the checkpoint the weights (or LoRA's base weights) came from
 
     # ----------------------------------------------------------------- loading and saving
     @classmethod
-    def from_pretrained(cls, path: str | Path, prompts: PromptConfig, model_cfg: ModelConfig | None = None):
-        """Load a checkpoint directory or hub id (never with remote code)."""
+    def build_tiny(cls, corpus: list[str], image_size: int, tiny: TinyModelConfig, prompts: PromptConfig,
+                   model_cfg: ModelConfig | None = None, seed: int = 0) -> "VLMAdapter":
+        """A randomly initialised model of the family's architecture with a tokenizer trained on ``corpus``."""
+        raise NotImplementedError(f"{cls.__name__} has no tiny from-config model")
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, prompts: PromptConfig, model_cfg: ModelConfig | None = None,
+                        fresh_tuning: bool = True):
+        """Load a full or LoRA checkpoint directory, or a hub id (never with remote code).
+
+        A LoRA directory loads its base checkpoint and its adapters; a soft prompt saved with a checkpoint
+        comes back with it. With ``fresh_tuning``, LoRA and a soft prompt that ``model_cfg`` asks for and the
+        checkpoint does not hold are added new (the start of a parameter-efficient run).
+        """
         model_cfg = model_cfg or ModelConfig()
-        dtype = getattr(torch, model_cfg.dtype)
+        local = Path(path)
+        base = tuning.base_of(local) if local.is_dir() else None
+        weights = base or str(path)
         model = cls.model_class.from_pretrained(
-            str(path), dtype=dtype, attn_implementation=model_cfg.attn_implementation, trust_remote_code=False
+            weights, dtype=getattr(torch, model_cfg.dtype), attn_implementation=model_cfg.attn_implementation,
+            trust_remote_code=False,
         )
         processor = cls.processor_class.from_pretrained(str(path), trust_remote_code=False)
         adapter = cls(model, processor, prompts, model_cfg)
+        adapter.base_path = str(Path(weights).resolve()) if Path(weights).is_dir() else weights
         if model_cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
+        tuning.setup(adapter, model_cfg, local if local.is_dir() else None, fresh_tuning)
         return adapter
 
     def save_pretrained(self, path: str | Path) -> None:
-        """Model (safetensors), processor, tokenizer and chat template, loadable by ``from_pretrained``."""
-        self.model.save_pretrained(str(path), safe_serialization=True)
-        self.processor.save_pretrained(str(path))
+        """Model (safetensors) or, with LoRA, only the adapters and the parts trained in full; the soft
+        prompt; processor, tokenizer and chat template. Loadable by ``from_pretrained``."""
+        tuning.save(self, Path(path))
+
+    def part_of(self, name: str) -> str:
+        """"vision_tower", "projector" or "llm" for a parameter or module name."""
+        if name.startswith(self.projector_prefixes):
+            return "projector"
+        if name.startswith(self.vision_prefixes):
+            return "vision_tower"
+        return "llm"
+
+    def soft_prompt_init(self, n: int) -> torch.Tensor:
+        """Start values of an ``n``-vector soft prompt: the image prompt's word embeddings, repeated."""
+        ids = self.tokenizer(self.prompts.image_embed, add_special_tokens=False)["input_ids"] or [self.tokenizer.unk_token_id]
+        table = self.model.get_input_embeddings().weight.detach()
+        return table[torch.tensor([ids[i % len(ids)] for i in range(n)])].float()
 
     @property
     def device(self) -> torch.device:
@@ -100,19 +142,35 @@ class VLMAdapter:
             batch = self.processor(**kwargs)
         return batch.to(self.device)
 
+    def _soft_placeholder(self) -> str:
+        """Text standing for the soft prompt's slots: the pad token (its real occurrences are the attended ones)."""
+        if self.soft_prompt is None:
+            return ""
+        if self.tokenizer.pad_token is None:
+            raise ValueError("soft prompts need a tokenizer with a pad token to mark their positions")
+        return self.tokenizer.pad_token * self.soft_prompt.tokens
+
+    def _encode_embedding(self, texts: list[str], images: Sequence[Image.Image] | None):
+        batch = self._encode(texts, images, self.model_cfg.embed_padding_side)
+        if self.soft_prompt is not None:
+            mask = (batch["input_ids"] == self.tokenizer.pad_token_id) & batch["attention_mask"].bool()
+            if not bool((mask.sum(dim=1) == self.soft_prompt.tokens).all()):
+                raise ValueError(f"an embedding instruction contains the pad token {self.tokenizer.pad_token!r} "
+                                 "itself; remove it from the text or prompts")
+            batch["soft_prompt_mask"] = mask
+        return batch
+
     def image_embed_inputs(self, images: Sequence[Image.Image]):
-        """Embedding instruction with the image and the image prompt."""
-        user = [{"type": "image"}, {"type": "text", "text": self.prompts.image_embed}]
+        """Embedding instruction with the image and the image prompt (soft prompt slots before its words)."""
+        user = [{"type": "image"}, {"type": "text", "text": self._soft_placeholder() + self.prompts.image_embed}]
         texts = [self._template(self._messages(user), True)] * len(images)
-        return self._encode(texts, images, self.model_cfg.embed_padding_side)
+        return self._encode_embedding(texts, images)
 
     def text_embed_inputs(self, texts: Sequence[str]):
         """Embedding instruction with the sentence and the text prompt; no image, no vision work."""
-        prompts = [
-            self._template(self._messages([{"type": "text", "text": f"{t}\n{self.prompts.text_embed}"}]), True)
-            for t in texts
-        ]
-        return self._encode(prompts, None, self.model_cfg.embed_padding_side)
+        prompt = self._soft_placeholder() + self.prompts.text_embed
+        prompts = [self._template(self._messages([{"type": "text", "text": f"{t}\n{prompt}"}]), True) for t in texts]
+        return self._encode_embedding(prompts, None)
 
     def lm_inputs(self, images: Sequence[Image.Image], prompts: Sequence[str], answers: Sequence[str]):
         """Language instruction with labels on the answer tokens (and end-of-turn) only."""
@@ -126,7 +184,7 @@ class VLMAdapter:
         labels = batch["input_ids"].clone()
         labels[batch["attention_mask"] == 0] = IGNORE_INDEX
         for i, head in enumerate(heads):
-            head_ids = self.tokenizer(head, add_special_tokens=False)["input_ids"]
+            head_ids = self.tokenizer(head)["input_ids"]  # special tokens as the processor adds them
             n_image = int((batch["input_ids"][i] == image_token_id).sum())
             head_len = len(head_ids) - head_ids.count(image_token_id) + n_image
             labels[i, :head_len] = IGNORE_INDEX
@@ -141,11 +199,17 @@ class VLMAdapter:
 
     # ----------------------------------------------------------------- computation
     def _model_inputs(self, inputs) -> dict[str, Any]:
-        return {k: v for k, v in inputs.items() if k != "labels"}
+        return {k: v for k, v in inputs.items() if k not in ("labels", "soft_prompt_mask")}
 
     def hidden_states(self, inputs) -> torch.Tensor:
         """Last-layer hidden states (after the final norm), without computing logits."""
-        return self.model.model(**self._model_inputs(inputs), use_cache=False).last_hidden_state
+        if self.soft_prompt is None:
+            return self.model.model(**self._model_inputs(inputs), use_cache=False).last_hidden_state
+        self.soft_prompt.mask = inputs.get("soft_prompt_mask")
+        try:
+            return self.model.model(**self._model_inputs(inputs), use_cache=False).last_hidden_state
+        finally:
+            self.soft_prompt.mask = None
 
     def embed(self, inputs) -> torch.Tensor:
         hidden = self.hidden_states(inputs)

@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     LlavaOnevisionConfig,
     LlavaOnevisionForConditionalGeneration,
@@ -22,6 +21,7 @@ from transformers.models.llava_onevision.image_processing_pil_llava_onevision im
 
 from cafe.config import ModelConfig, PromptConfig, TinyModelConfig
 from cafe.models.adapter import VLMAdapter
+from cafe.models.tiny import set_generation_tokens, tokenizer_corpus, train_word_tokenizer
 
 # ChatML, as the Qwen2-based LLaVA-OneVision checkpoints use; images become "<image>\n".
 CHAT_TEMPLATE = (
@@ -52,32 +52,18 @@ class CafeLlavaOnevisionProcessor(LlavaOnevisionProcessor):
         )
 
 
-class LlavaOnevisionAdapter(VLMAdapter):
-    model_class = LlavaOnevisionForConditionalGeneration
-    processor_class = CafeLlavaOnevisionProcessor
-
-
 def train_tokenizer(corpus: Iterable[str]) -> PreTrainedTokenizerFast:
     """A word-level tokenizer over the corpus (words and punctuation), with the chat special tokens."""
-    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
-    tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
-    tok.train_from_iterator([CHAT_WORDS, *corpus], trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS))
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", eos_token="<|im_end|>",
-        extra_special_tokens={"image_token": "<image>", "video_token": "<video>"},
-    )
-    fast.chat_template = CHAT_TEMPLATE
-    return fast
+    return train_word_tokenizer([CHAT_WORDS, *corpus], SPECIAL_TOKENS, CHAT_TEMPLATE, pad="<pad>", eos="<|im_end|>",
+                                extra_special_tokens={"image_token": "<image>", "video_token": "<video>"})
 
 
 def build_tiny(corpus: Iterable[str], image_size: int, tiny: TinyModelConfig, prompts: PromptConfig,
-               model_cfg: ModelConfig | None = None, seed: int = 0) -> LlavaOnevisionAdapter:
+               model_cfg: ModelConfig | None = None, seed: int = 0) -> "LlavaOnevisionAdapter":
     """A randomly initialised LLaVA-OneVision of the real architecture, small enough for CPU."""
     import torch
 
-    prompt_text = [prompts.system, prompts.image_embed, prompts.text_embed, prompts.caption]
-    tokenizer = train_tokenizer([*corpus, *prompt_text])
+    tokenizer = train_tokenizer(tokenizer_corpus(corpus, prompts))
     image_processor = LlavaOnevisionImageProcessorPil(
         size={"height": image_size, "width": image_size}, image_grid_pinpoints=[[image_size, image_size]]
     )
@@ -109,9 +95,18 @@ def build_tiny(corpus: Iterable[str], image_size: int, tiny: TinyModelConfig, pr
     model = LlavaOnevisionForConditionalGeneration._from_config(
         config, attn_implementation=model_cfg.attn_implementation
     )
-    gen = model.generation_config
-    gen.pad_token_id, gen.eos_token_id, gen.bos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id, None
+    set_generation_tokens(model, tokenizer)
     return LlavaOnevisionAdapter(model, processor, prompts, model_cfg)
+
+
+class LlavaOnevisionAdapter(VLMAdapter):
+    """Image tokens: one ``<image>`` expanded to the tower's patches of every anyres crop (``image_sizes``)."""
+
+    family = "llava_onevision"
+    model_class = LlavaOnevisionForConditionalGeneration
+    processor_class = CafeLlavaOnevisionProcessor
+    projector_prefixes = ("model.multi_modal_projector.", "model.image_newline")
+    build_tiny = staticmethod(build_tiny)
 
 
 def is_checkpoint(path: str | Path) -> bool:

@@ -14,7 +14,9 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from cafe.config import OptimConfig
 
-VISION_PREFIXES = ("model.vision_tower.", "vision_tower.")
+VISION_PREFIXES = ("model.vision_tower.", "vision_tower.", "model.visual.", "visual.")
+# Qwen2-VL's projector (the patch merger) lives inside its vision module and trains at the LLM's rate
+PROJECTOR_IN_VISION = ("model.visual.merger.", "visual.merger.")
 
 
 def param_groups(model: torch.nn.Module, cfg: OptimConfig) -> list[dict]:
@@ -22,7 +24,7 @@ def param_groups(model: torch.nn.Module, cfg: OptimConfig) -> list[dict]:
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        vision = name.startswith(VISION_PREFIXES)
+        vision = name.startswith(VISION_PREFIXES) and not name.startswith(PROJECTOR_IN_VISION)
         decay = param.ndim >= 2
         groups.setdefault((vision, decay), []).append(param)
     return [

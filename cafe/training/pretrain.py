@@ -15,7 +15,7 @@ from cafe.config import ObjectiveConfig, OptimConfig, Params, TrainConfig
 from cafe.data.samples import load_instruction_samples
 from cafe.data.shapes import vocabulary_corpus
 from cafe.distributed import DistEnv
-from cafe.models.llava_onevision import build_tiny
+from cafe.models import build_tiny
 from cafe.training.trainer import Trainer
 
 
