@@ -127,6 +127,12 @@ def demo(params: str = ParamsOpt, set: Optional[list[str]] = SetOpt) -> None:
     raise typer.Exit(0 if ok else 1)
 
 
+from cafe.registry_cli import register, registry_app  # noqa: E402
+
+app.command()(register)
+app.add_typer(registry_app, name="registry")
+
+
 def main() -> None:  # pragma: no cover
     try:
         app()
