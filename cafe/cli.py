@@ -183,6 +183,12 @@ def merge(model: str = typer.Option(..., "--model", "-m", help="LoRA checkpoint 
     console.print(f"merged full checkpoint -> {run(model, out, p.prompts, p.model)}")
 
 
+from cafe.registry_cli import register, registry_app  # noqa: E402
+
+app.command()(register)
+app.add_typer(registry_app, name="registry")
+
+
 def main() -> None:  # pragma: no cover
     try:
         app()

@@ -255,6 +255,14 @@ class LaunchConfig(_Section):
         return self
 
 
+class RegistryConfig(_Section):
+    """`cafe register` / `cafe registry`: where versions live and under which name."""
+
+    store: str = "registry"  # a local folder, file://..., or s3://bucket/prefix (endpoint from CAFE_S3_ENDPOINT)
+    name: str = "cafe"
+    alias_on_register: str = "candidate"  # "" registers without moving an alias
+
+
 class Params(_Section):
     synth: SynthConfig = Field(default_factory=SynthConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -264,6 +272,7 @@ class Params(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
     launch: LaunchConfig = Field(default_factory=LaunchConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
 
     def digest(self, *sections: str) -> str:
         """Short content hash of the named sections (all if none), for caching and lineage."""

@@ -23,6 +23,10 @@ class AlreadyExists(Exception):
     """``put_if_absent`` found the key already written."""
 
 
+class StoreError(OSError):
+    """The store could not be reached or refused a request; the message names the object and what to do."""
+
+
 class ObjectStore(ABC):
     """Keys to bytes, with listing by prefix and one conditional write."""
 

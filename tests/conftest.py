@@ -11,6 +11,8 @@ from cafe.models import build_tiny
 
 torch.set_num_threads(2)
 
+pytest_plugins = ["tests.s3_server"]
+
 SMALL_MODEL = TinyModelConfig(vision_hidden=32, vision_layers=1, vision_heads=2, text_hidden=32, text_layers=2,
                               text_heads=2, text_kv_heads=1, text_intermediate=64)
 

@@ -1,0 +1,420 @@
+"""Model registry on an object store: versions with lineage and checksums, and aliases with history.
+
+Layout under the store (a local folder by default, MinIO/S3 on a cluster)::
+
+    models/<name>/files/<upload id>/...        the model directory, model card, metrics, gate, params
+    models/<name>/versions/<N>.json            version records: visible versions are exactly these
+    models/<name>/aliases/<alias>/<N>.json     alias events (promote = push, rollback = pop), never rewritten
+    models/<name>/claims/...                   claim markers of the numbered logs (see :class:`NumberedLog`)
+
+A registration uploads every file under a fresh upload id first and writes its version record last, so a
+version is visible only when complete; an upload that dies half way leaves unreferenced files (``gc``
+removes them) and no version. Version numbers increase but may skip a number under contention.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+from tqdm import tqdm
+
+from cafe.storage import AlreadyExists, ObjectStore, join, open_store
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+CARD = "MODEL_CARD.md"
+RECORD_FILE = "registry_record.json"  # written next to a pulled model: which version it is
+
+
+class RegistryError(ValueError):
+    """A registry request that cannot be satisfied (unknown model/version/alias, bad input)."""
+
+
+class ChecksumMismatch(RegistryError):
+    """A pulled file does not match the sha256 recorded when it was registered."""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _check_name(kind: str, value: str) -> str:
+    if not NAME_RE.match(value or ""):
+        raise RegistryError(f"{kind} {value!r}: use lowercase letters, digits, '.', '_' or '-' (at most 64)")
+    return value
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def git_code_version(cwd: str | Path | None = None) -> str:
+    """``CAFE_CODE_VERSION`` if set (images without .git), else the git commit (``-dirty`` if modified)."""
+    if os.environ.get("CAFE_CODE_VERSION"):
+        return os.environ["CAFE_CODE_VERSION"]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
+                                check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{commit}-dirty" if dirty else commit
+
+
+def _json_input(value: Mapping | str | Path, what: str) -> dict:
+    if isinstance(value, Mapping):
+        return dict(value)
+    path = Path(value)
+    if not path.is_file():
+        raise RegistryError(f"{what}: {path} is not a file")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise RegistryError(f"{what}: {path} is not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise RegistryError(f"{what}: {path} must hold a JSON object")
+    return data
+
+
+def _params_text(params: Any, model_dir: Path) -> str | None:
+    """The training config as YAML: a Params, a dict, a YAML path, or None (the model's own params.yaml)."""
+    if params is None:
+        own = model_dir / "params.yaml"
+        return own.read_text() if own.is_file() else None
+    if hasattr(params, "model_dump"):
+        params = params.model_dump(mode="json")
+    if isinstance(params, Mapping):
+        return yaml.safe_dump(dict(params), sort_keys=False)
+    path = Path(params)
+    if not path.is_file():
+        raise RegistryError(f"params: {path} is not a file")
+    return path.read_text()
+
+
+class NumberedLog:
+    """Entries 1, 2, 3, ... as ``<prefix>/<N>.json``, appended safely by concurrent writers.
+
+    Appending needs only read-after-write consistent put and list (S3 since 2020, MinIO, a local folder), not an
+    atomic compare-and-swap: moto's S3 server, for one, checks ``If-None-Match`` and then writes without a lock,
+    so two racing conditional PUTs can both succeed. A writer instead puts a unique claim marker under
+    ``<claims>/<N>/`` and then lists that folder: it owns N only if its marker is the only one. Of two writers,
+    the one that lists second always sees the other's marker, so two can never both own N; both may lose, and
+    then each removes its marker and tries the next free number after a random pause. The owner writes the
+    entry with ``put_if_absent``, which on S3/MinIO also refuses to overwrite atomically.
+    """
+
+    def __init__(self, store: ObjectStore, prefix: str, claims: str, attempts: int = 200):
+        self.store, self.prefix, self.claims, self.attempts = store, prefix, claims, attempts
+
+    def _key(self, n: int) -> str:
+        return join(self.prefix, f"{n:06d}.json")
+
+    def numbers(self) -> list[int]:
+        found = []
+        for key in self.store.list(self.prefix + "/"):
+            stem = key[len(self.prefix) + 1:].removesuffix(".json")
+            if stem.isdigit() and "/" not in stem:
+                found.append(int(stem))
+        return sorted(found)
+
+    def read(self, n: int) -> dict:
+        return json.loads(self.store.get_bytes(self._key(n)))
+
+    def entries(self) -> list[dict]:
+        return [self.read(n) for n in self.numbers()]
+
+    def _claimed(self, n: int) -> list[str]:
+        return self.store.list(join(self.claims, str(n)) + "/")
+
+    def append(self, make_entry: Callable[[int], dict]) -> dict:
+        """Write ``make_entry(N)`` at the first number N nobody else owns; returns the entry."""
+        token = uuid.uuid4().hex
+        for attempt in range(self.attempts):
+            n = (self.numbers() or [0])[-1] + 1
+            while self._claimed(n):  # a writer owns it or is trying; it is not ours to take
+                n += 1
+            marker = join(self.claims, str(n), token)
+            self.store.put_bytes(marker, b"")
+            if self._claimed(n) == [marker]:
+                entry = make_entry(n)
+                try:
+                    self.store.put_if_absent(self._key(n), json.dumps(entry, indent=1).encode())
+                except AlreadyExists:  # only possible if claim markers were removed by hand
+                    self.store.delete(marker)
+                    continue
+                return entry
+            self.store.delete(marker)
+            time.sleep(random.uniform(0, 0.02 * min(attempt + 1, 10)))
+        raise RegistryError(f"{self.store.uri}/{self.prefix}: no free entry after {self.attempts} attempts")
+
+
+def model_card(record: dict) -> str:
+    """A Markdown model card: lineage, gate result and metrics of one registered version."""
+    gate = record.get("gate") or {}
+    lines = [f"# {record['name']}" + (f" v{record['version']}" if record.get("version") else ""), "",
+             "Fine-tuned with CAFe (contrastive-autoregressive fine-tuning): one model for embeddings and text.", "",
+             "## Lineage", "", "| field | value |", "| --- | --- |"]
+    for field in ("created_at", "created_by", "data_version", "code_version", "parent", "params_sha256",
+                  "upload_id"):
+        lines.append(f"| {field} | `{record.get(field)}` |")
+    lines += ["", f"## Gate: {'passed' if gate.get('passed') else 'FAILED'}", ""]
+    for check in gate.get("checks", []):
+        lines.append(f"- {json.dumps(check, sort_keys=True)}")
+    lines += ["", "## Metrics", "", "| metric | value |", "| --- | --- |"]
+    for key, value in sorted((record.get("metrics") or {}).items()):
+        lines.append(f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |")
+    lines += ["", "## Files", "", f"{len(record['files'])} files, {record['total_bytes']} bytes; sha256 of each "
+              "in the version record, checked on every pull.", ""]
+    return "\n".join(lines)
+
+
+class Registry:
+    """Registered model versions with lineage in an object store (see the module docstring for the layout)."""
+
+    def __init__(self, store: ObjectStore | str | Path, progress: bool = False):
+        self.store = store if isinstance(store, ObjectStore) else open_store(store)
+        self.progress = progress
+
+    # ----------------------------------------------------------------- layout
+    def _root(self, name: str) -> str:
+        return join("models", _check_name("model name", name))
+
+    def _versions(self, name: str) -> NumberedLog:
+        root = self._root(name)
+        return NumberedLog(self.store, join(root, "versions"), join(root, "claims", "versions"))
+
+    def _alias_log(self, name: str, alias: str) -> NumberedLog:
+        root = self._root(name)
+        _check_name("alias", alias)
+        if alias == "latest" or re.fullmatch(r"v?\d+", alias):
+            raise RegistryError(f"alias {alias!r} would read as a version; pick a name like 'production'")
+        return NumberedLog(self.store, join(root, "aliases", alias), join(root, "claims", "aliases", alias))
+
+    # ----------------------------------------------------------------- register
+    def register(self, model_dir: str | Path, name: str, *, metrics: Mapping | str | Path,
+                 gate: Mapping | str | Path, data_version: str, params: Any = None, parent: str | None = None,
+                 extra_files: Mapping[str, str | Path] | None = None, code_version: str | None = None,
+                 alias: str | None = None, allow_failed_gate: bool = False) -> dict:
+        """Upload ``model_dir`` (weights, config, processor) plus model card, metrics, gate result and training
+        config, then make it visible as the next version. Returns the version record."""
+        model_dir = Path(model_dir)
+        _check_name("model name", name)
+        if not (model_dir / "config.json").is_file():
+            raise RegistryError(f"{model_dir}: not a model directory (no config.json); pass the saved model")
+        if not data_version or not str(data_version).strip():
+            raise RegistryError("data_version is required: the content hash of the training shards "
+                                "(data_version.json's sha256)")
+        metrics, gate = _json_input(metrics, "metrics"), _json_input(gate, "gate")
+        if "passed" not in gate:
+            raise RegistryError("gate: expected the gate result {'passed': bool, 'checks': [...]}")
+        if not gate["passed"] and not allow_failed_gate:
+            failed = [c for c in gate.get("checks", []) if isinstance(c, dict) and not c.get("passed", True)]
+            raise RegistryError(f"the gate did not pass ({len(failed)} failed checks: {failed[:3]}); "
+                                "register anyway with allow_failed_gate / --allow-failed-gate")
+
+        generated: dict[str, bytes] = {"metrics.json": json.dumps(metrics, indent=1).encode(),
+                                       "gate.json": json.dumps(gate, indent=1).encode()}
+        params_text = _params_text(params, model_dir)
+        if params_text is not None:
+            generated["params.yaml"] = params_text.encode()
+        sources: dict[str, Path] = {p.relative_to(model_dir).as_posix(): p
+                                    for p in sorted(model_dir.rglob("*")) if p.is_file()}
+        for rel, path in (extra_files or {}).items():
+            if not Path(path).is_file():
+                raise RegistryError(f"extra file {rel!r}: {path} is not a file")
+            sources[rel] = Path(path)
+        for rel in (*generated, CARD, RECORD_FILE):
+            sources.pop(rel, None)
+
+        upload_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:12]}"
+        prefix = join(self._root(name), "files", upload_id)
+        files = {rel: {"sha256": sha256_file(p), "size": p.stat().st_size} for rel, p in sources.items()}
+        files.update({rel: {"sha256": hashlib.sha256(b).hexdigest(), "size": len(b)} for rel, b in generated.items()})
+        record = {
+            "name": name, "upload_id": upload_id, "prefix": prefix, "created_at": _now(),
+            "created_by": f"{getpass.getuser()}@{socket.gethostname()}",
+            "data_version": str(data_version).strip(),
+            "code_version": code_version or git_code_version(),
+            "parent": self._resolve_parent(parent),
+            "params_sha256": files.get("params.yaml", {}).get("sha256"),
+            "metrics": metrics, "gate": gate,
+        }
+        card = model_card({**record, "files": files, "total_bytes": sum(f["size"] for f in files.values())}).encode()
+        generated[CARD] = card
+        files[CARD] = {"sha256": hashlib.sha256(card).hexdigest(), "size": len(card)}
+        record["files"] = dict(sorted(files.items()))
+        record["total_bytes"] = sum(f["size"] for f in files.values())
+
+        try:
+            with tqdm(total=record["total_bytes"], unit="B", unit_scale=True, desc=f"register {name}",
+                      disable=not self.progress) as bar:
+                for rel, path in sources.items():
+                    self.store.put_file(join(prefix, rel), path)
+                    bar.update(files[rel]["size"])
+                for rel, data in generated.items():
+                    self.store.put_bytes(join(prefix, rel), data)
+                    bar.update(len(data))
+            committed = self._versions(name).append(lambda n: {**record, "version": n})
+        except BaseException:
+            self._remove_upload(name, upload_id, prefix)
+            raise
+        if alias:
+            self.promote(name, committed["version"], alias)
+        return committed
+
+    def _remove_upload(self, name: str, upload_id: str, prefix: str) -> None:
+        """Best effort, and only if no version references the upload (an interrupt can land just after the
+        version record was written); unreferenced files are invisible either way and ``gc`` finds them."""
+        try:
+            if all(r["upload_id"] != upload_id for r in self.list(name)):
+                self.store.delete_prefix(prefix)
+        except Exception:  # noqa: BLE001 - the original error is the one to report
+            pass
+
+    def _resolve_parent(self, parent: str | None) -> str | None:
+        """``name:ref`` of a registered model becomes ``name:vN``; anything else (a path, a hub id) is kept."""
+        if not parent:
+            return None
+        model, sep, ref = parent.partition(":")
+        if sep and NAME_RE.match(model):
+            try:
+                return f"{model}:v{self.resolve(model, ref)}"
+            except RegistryError:
+                pass
+        return parent
+
+    # ----------------------------------------------------------------- read
+    def list(self, name: str) -> list[dict]:
+        """Every visible version record of ``name``, oldest first."""
+        return self._versions(name).entries()
+
+    def names(self) -> list[str]:
+        return sorted({key.split("/")[1] for key in self.store.list("models/") if "/versions/" in key})
+
+    def aliases(self, name: str) -> dict[str, int]:
+        """Current version of every alias of ``name``."""
+        root = join(self._root(name), "aliases") + "/"
+        names = sorted({key[len(root):].split("/")[0] for key in self.store.list(root)})
+        current = {alias: self._alias_state(name, alias) for alias in names}
+        return {alias: stack[-1] for alias, stack in current.items() if stack}
+
+    def alias_history(self, name: str, alias: str) -> list[dict]:
+        return self._alias_log(name, alias).entries()
+
+    def _alias_state(self, name: str, alias: str) -> list[int]:
+        stack: list[int] = []
+        for event in self.alias_history(name, alias):
+            if event["action"] == "promote":
+                stack.append(event["version"])
+            elif event["action"] == "rollback" and len(stack) > 1:
+                stack.pop()
+        return stack
+
+    def resolve(self, name: str, ref: str | int = "latest") -> int:
+        """A version number from ``3``, ``"v3"``, ``"latest"`` or an alias."""
+        text = str(ref).strip()
+        versions = self._versions(name).numbers()
+        if not versions:
+            raise RegistryError(f"model {name!r} has no registered versions in {self.store.uri}")
+        if text == "latest":
+            return versions[-1]
+        if re.fullmatch(r"v?\d+", text):
+            number = int(text.lstrip("v"))
+            if number not in versions:
+                raise RegistryError(f"{name}: no version {number}; registered: {versions}")
+            return number
+        stack = self._alias_state(name, _check_name("alias", text))
+        if not stack:
+            raise RegistryError(f"{name}: no version, 'latest' or alias {text!r}; aliases: "
+                                f"{sorted(self.aliases(name))}")
+        return stack[-1]
+
+    def show(self, name: str, ref: str | int = "latest") -> dict:
+        """The version record plus the aliases pointing at it."""
+        record = self._versions(name).read(self.resolve(name, ref))
+        record["aliases"] = sorted(a for a, v in self.aliases(name).items() if v == record["version"])
+        return record
+
+    # ----------------------------------------------------------------- aliases
+    def promote(self, name: str, version: str | int, alias: str) -> dict:
+        """Point ``alias`` (e.g. candidate, production) at ``version``; the previous target stays in history."""
+        number = self.resolve(name, version)
+        self._alias_log(name, alias).append(lambda n: {
+            "seq": n, "action": "promote", "version": number, "at": _now(), "by": getpass.getuser()})
+        return {"alias": alias, "version": number}
+
+    def rollback(self, name: str, alias: str) -> dict:
+        """Point ``alias`` back at the version it had before its current one."""
+        stack = self._alias_state(name, alias)
+        if len(stack) < 2:
+            raise RegistryError(f"{name}: alias {alias!r} has no earlier version to roll back to "
+                                f"(history: {stack})")
+        self._alias_log(name, alias).append(lambda n: {
+            "seq": n, "action": "rollback", "from": stack[-1], "at": _now(), "by": getpass.getuser()})
+        return {"alias": alias, "version": self._alias_state(name, alias)[-1], "from": stack[-1]}
+
+    # ----------------------------------------------------------------- pull
+    def pull(self, name: str, ref: str | int, dest: str | Path) -> Path:
+        """Download a version into ``dest`` (absent or empty), verifying every file's sha256 first."""
+        record = self.show(name, ref)
+        dest = Path(dest)
+        if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+            raise RegistryError(f"{dest} exists and is not empty; pull into a new directory")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.pull-"))
+        try:
+            with tqdm(total=record["total_bytes"], unit="B", unit_scale=True,
+                      desc=f"pull {name} v{record['version']}", disable=not self.progress) as bar:
+                for rel, meta in record["files"].items():
+                    target = staging / rel
+                    self.store.get_file(join(record["prefix"], rel), target)
+                    actual = sha256_file(target)
+                    if actual != meta["sha256"]:
+                        raise ChecksumMismatch(
+                            f"{name} v{record['version']}: {rel} has sha256 {actual}, registered {meta['sha256']}; "
+                            f"the stored copy at {self.store.uri}/{record['prefix']} is corrupt or was changed")
+                    bar.update(meta["size"])
+            (staging / RECORD_FILE).write_text(json.dumps(record, indent=1))
+            if dest.exists():
+                dest.rmdir()
+            staging.rename(dest)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return dest
+
+    # ----------------------------------------------------------------- housekeeping
+    def gc(self, name: str, min_age_s: float = 24 * 3600) -> list[str]:
+        """Delete uploads no version references that are older than ``min_age_s`` (younger ones may be in
+        progress); returns the upload ids removed."""
+        referenced = {r["upload_id"] for r in self.list(name)}
+        root = join(self._root(name), "files") + "/"
+        uploads = sorted({key[len(root):].split("/")[0] for key in self.store.list(root)})
+        now = datetime.now(timezone.utc)
+        removed = []
+        for upload in uploads:
+            started = datetime.strptime(upload.split("-")[0], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+            if upload not in referenced and (now - started).total_seconds() >= min_age_s:
+                self.store.delete_prefix(root + upload)
+                removed.append(upload)
+        return removed
