@@ -161,6 +161,15 @@ class EvalConfig(_Section):
     geometry_max_points: int = 2000  # embeddings per modality kept for the geometry metrics and the scatter
     scatter_method: Literal["auto", "umap", "pca"] = "auto"
     report: bool = True  # report.md + report.html next to metrics.json
+    # `cafe prompts rank`: candidate [image prompt, text prompt] pairs, scored on this many retrieval images
+    prompt_candidates: list[tuple[str, str]] = Field(default_factory=lambda: [
+        ("Compress this image in one word:", "Compress this sentence in one word:"),
+        ("Describe the image in one word:", "Describe the sentence in one word:"),
+        ("Describe the image briefly.", "Describe the sentence briefly."),
+        ("What is in the image?", "What is in the sentence?"),
+        ("In one word:", "In one word:"),
+    ])
+    prompt_rank_images: int = 100
 
 
 class GateConfig(_Section):

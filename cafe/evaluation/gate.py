@@ -117,3 +117,17 @@ def write_gate(result: dict, out_dir: str | Path) -> Path:
     tmp.write_text(json.dumps(result, indent=1, default=lambda o: o.item() if isinstance(o, np.generic) else str(o)))
     tmp.replace(out / "gate.json")
     return out / "gate.json"
+
+
+def print_gate(result: dict, console) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"gate: {'passed' if result['passed'] else 'FAILED'}")
+    for col in ("metric", "check", "value", "CI", "threshold", "result", "message"):
+        table.add_column(col, justify="right" if col in ("value", "threshold") else "left")
+    for c in result["checks"]:
+        ci = c.get("ci")
+        table.add_row(c["metric"], c["kind"], "—" if c["value"] is None else f"{c['value']:.4f}",
+                      f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "—", str(c["threshold"]),
+                      "[green]pass[/green]" if c["passed"] else "[red]FAIL[/red]", c["message"])
+    console.print(table)
