@@ -89,17 +89,30 @@ def train(params: str = ParamsOpt, set: Optional[list[str]] = SetOpt,
     cleanup()
 
 
+def _named_dirs(items: Optional[list[str]]) -> dict[str, str]:
+    """``["base=metrics/base", "metrics/other"]`` -> ``{"base": "metrics/base", "other": "metrics/other"}``."""
+    out = {}
+    for item in items or []:
+        name, _, path = item.partition("=")
+        out[name if path else Path(name).name] = path or name
+    return out
+
+
 @app.command()
 def evaluate(model: str = typer.Option(..., "--model", "-m", help="checkpoint directory or hub id"),
              out: str = typer.Option(..., "--out", "-o", help="directory for metrics.json"),
+             compare: Optional[list[str]] = typer.Option(
+                 None, "--compare", "-c", help="NAME=DIR of another evaluation for the report (repeatable; base first)"),
              params: str = ParamsOpt, set: Optional[list[str]] = SetOpt) -> None:
-    """Retrieval R@K both ways, caption object P/R/F1, yes/no probes, modality gap -> metrics.json."""
+    """The evaluation suite (retrieval, captions, POPE, THRONE, SugarCrepe, MMStar, embedding geometry)
+    -> metrics.json, per_item.npz, report.md/html."""
     from cafe.evaluation.evaluate import evaluate as run
     from cafe.models import load_adapter
 
     _quiet_libraries()
     p = _params(params, set)
-    metrics = run(load_adapter(model, p.prompts, p.model), p.evaluate, p.prompts, out)
+    metrics = run(load_adapter(model, p.prompts, p.model), p.evaluate, p.prompts, out, model_path=model,
+                  compare=_named_dirs(compare))
     console.print_json(json.dumps(metrics))
 
 
@@ -187,6 +200,71 @@ from cafe.registry_cli import register, registry_app  # noqa: E402
 
 app.command()(register)
 app.add_typer(registry_app, name="registry")
+
+
+@app.command()
+def gate(metrics: str = typer.Option(..., "--metrics", help="the model's metrics.json (per_item.npz beside it is used)"),
+         reference: Optional[str] = typer.Option(None, "--reference", help="reference metrics.json (production or base model)"),
+         out: str = typer.Option(..., "--out", help="directory for gate.json"),
+         params: str = ParamsOpt, set: Optional[list[str]] = SetOpt) -> None:
+    """Floors and allowed regressions with bootstrap intervals -> gate.json; exit 1 when a check fails."""
+    from cafe.evaluation.gate import load_evaluation, print_gate, run_gate, write_gate
+
+    p = _params(params, set)
+    try:
+        values, per_item = load_evaluation(metrics)
+        ref_values, ref_items = load_evaluation(reference) if reference else (None, None)
+    except (FileNotFoundError, ValueError) as err:
+        console.print(f"[red]gate[/red]: {err}")
+        raise typer.Exit(2) from None
+    result = run_gate(values, ref_values, p.gate, per_item=per_item, reference_per_item=ref_items)
+    path = write_gate(result, out)
+    print_gate(result, Console())
+    console.print(f"gate {'passed' if result['passed'] else 'FAILED'} -> {path}")
+    raise typer.Exit(0 if result["passed"] else 1)
+
+
+@app.command()
+def report(runs: list[str] = typer.Argument(..., help="NAME=DIR evaluation folders; the base first, the model last"),
+           out: str = typer.Option(..., "--out", "-o", help="directory for report.md and report.html"),
+           title: Optional[str] = typer.Option(None, help="report title")) -> None:
+    """Markdown + self-contained HTML report comparing evaluations."""
+    from cafe.evaluation.report import write_report
+
+    md, page = write_report(_named_dirs(runs), out, title)
+    console.print(f"report -> {md}, {page}")
+
+
+prompts_app = typer.Typer(no_args_is_help=True, help="Embedding prompts.")
+app.add_typer(prompts_app, name="prompts")
+
+
+@prompts_app.command("rank")
+def prompts_rank(model: str = typer.Option(..., "--model", "-m", help="checkpoint directory or hub id"),
+                 out: Optional[str] = typer.Option(None, "--out", "-o", help="write the ranking as JSON here"),
+                 params: str = ParamsOpt, set: Optional[list[str]] = SetOpt) -> None:
+    """Rank evaluate.prompt_candidates by next-token entropy and small-set retrieval."""
+    from rich.table import Table
+
+    from cafe.evaluation.prompts import rank_prompts
+    from cafe.models import load_adapter
+
+    _quiet_libraries()
+    p = _params(params, set)
+    adapter = load_adapter(model, p.prompts, p.model)
+    rows = rank_prompts(adapter, [tuple(c) for c in p.evaluate.prompt_candidates],
+                        Path(p.evaluate.data) / "retrieval_karpathy.json", p.evaluate.prompt_rank_images,
+                        p.evaluate.batch_size)
+    table = Table(title=f"embedding prompts ({p.evaluate.prompt_rank_images} images)")
+    for col in ("rank", "image prompt", "text prompt", "R@1 i2t", "R@1 t2i", "entropy", "entropy rank"):
+        table.add_column(col, justify="left" if "prompt" in col else "right")
+    for r in rows:
+        table.add_row(str(r["retrieval_rank"]), r["image_prompt"], r["text_prompt"], f"{r['i2t_R@1']:.3f}",
+                      f"{r['t2i_R@1']:.3f}", f"{r['entropy']:.3f}", str(r["entropy_rank"]))
+    Console().print(table)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(rows, indent=1))
 
 
 def main() -> None:  # pragma: no cover

@@ -32,6 +32,8 @@ class SynthConfig(_Section):
     retrieval_images: int = 500
     probe_images: int = 200
     object_count_weights: list[float] = Field(default_factory=lambda: [0.2, 0.4, 0.4])
+    # one MMStar-style multiple-choice record per training image (kind "choice")
+    choice_records: bool = True
 
 
 class TinyModelConfig(_Section):
@@ -178,11 +180,51 @@ class RepurposeConfig(_Section):
     keep_kinds: list[str] = Field(default_factory=lambda: ["brief"])
 
 
+EVAL_PARTS = ("retrieval", "captions", "pope", "throne", "sugarcrepe", "mmstar", "geometry")
+
+
 class EvalConfig(_Section):
+    """`cafe evaluate`: which parts of the suite run and how much each costs."""
+
     data: str = "data/shapes/eval"
     batch_size: int = 64
-    max_new_tokens: int = 32
+    max_new_tokens: int = 32  # brief captions
     recall_ks: list[int] = Field(default_factory=lambda: [1, 5, 10])
+    parts: list[Literal[EVAL_PARTS]] = Field(default_factory=lambda: list(EVAL_PARTS))
+    # at most this many items per part (images, questions, or pairs per subset/split); absent or 0 = all
+    max_items: dict[str, int] = Field(default_factory=dict)
+    cache_dir: str = ".cache/cafe/embeddings"  # "" = never cache embeddings
+    similarity_chunk: int = 1024  # query rows per block of the similarity matrix
+    detail_prompt: str = "Describe the image in detail."
+    detail_max_new_tokens: int = 64  # THRONE descriptions
+    choice_max_new_tokens: int = 4  # POPE and MMStar answers
+    throne_vocabulary: str = ""  # class -> synonyms JSON; "" = <data>/throne/vocabulary.json
+    geometry_max_points: int = 2000  # embeddings per modality kept for the geometry metrics and the scatter
+    scatter_method: Literal["auto", "umap", "pca"] = "auto"
+    report: bool = True  # report.md + report.html next to metrics.json
+    # `cafe prompts rank`: candidate [image prompt, text prompt] pairs, scored on this many retrieval images
+    prompt_candidates: list[tuple[str, str]] = Field(default_factory=lambda: [
+        ("Compress this image in one word:", "Compress this sentence in one word:"),
+        ("Describe the image in one word:", "Describe the sentence in one word:"),
+        ("Describe the image briefly.", "Describe the sentence briefly."),
+        ("What is in the image?", "What is in the sentence?"),
+        ("In one word:", "In one word:"),
+    ])
+    prompt_rank_images: int = 100
+
+
+class GateConfig(_Section):
+    """`cafe gate`: absolute floors and the largest allowed regression against a reference model, each
+    judged with a bootstrap confidence interval from the per-item results."""
+
+    floors: dict[str, float] = Field(default_factory=dict)  # metric -> lowest acceptable value
+    max_regression: dict[str, float] = Field(default_factory=dict)  # metric -> largest allowed drop vs reference
+    lower_is_better: list[str] = Field(default_factory=lambda: ["modality_gap"])
+    require_reference: bool = True  # regression checks without a reference fail (else they pass, saying so)
+    confidence: float = Field(0.95, gt=0, lt=1)
+    resamples: int = Field(1000, ge=10)
+    geometry_resamples: int = Field(200, ge=10)  # embedding-geometry metrics cost an eigendecomposition each
+    seed: int = 0
 
 
 class ElasticConfig(_Section):
@@ -273,6 +315,7 @@ class Params(_Section):
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
     launch: LaunchConfig = Field(default_factory=LaunchConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
 
     def digest(self, *sections: str) -> str:
         """Short content hash of the named sections (all if none), for caching and lineage."""

@@ -27,6 +27,7 @@ def run(params: Params, console: Console) -> bool:
     from cafe.data.samples import load_pair_samples
     from cafe.distributed import init_distributed
     from cafe.evaluation.evaluate import evaluate
+    from cafe.evaluation.report import write_report
     from cafe.models import load_adapter
     from cafe.training.pretrain import pretrain
     from cafe.training.trainer import Trainer
@@ -67,13 +68,15 @@ def run(params: Params, console: Console) -> bool:
     model_dir = _timed(console, "train", lambda: Trainer(train_cfg, params, dist).fit(samples, base_model, resume=False))
     adapter = load_adapter(model_dir, params.prompts, params.model)
     cafe_metrics = metrics_root / "cafe"
-    _timed(console, "evaluate CAFe", lambda: evaluate(adapter, params.evaluate, params.prompts, cafe_metrics))
+    _timed(console, "evaluate CAFe", lambda: evaluate(adapter, params.evaluate, params.prompts, cafe_metrics,
+                                                      compare={"base": base_metrics}))
 
     runs = {"base": json.loads((base_metrics / "metrics.json").read_text()),
             "CAFe": json.loads((cafe_metrics / "metrics.json").read_text())}
     print_table(runs, "base model vs CAFe fine-tuned (held-out shapes world)", console)
     Path("reports").mkdir(exist_ok=True)
     Path("reports/demo.md").write_text("# base vs CAFe\n\n" + markdown_table(runs))
+    write_report({"base": base_metrics, "CAFe": cafe_metrics}, "reports", "base model vs CAFe fine-tuned")
     base, cafe = runs["base"], runs["CAFe"]
     checks = {
         "retrieval R@1 far above the base (both ways, at least +0.2)":
@@ -84,5 +87,6 @@ def run(params: Params, console: Console) -> bool:
     }
     for label, passed in checks.items():
         console.print(f"{'[green]✓' if passed else '[red]✗'}[/] {label}")
-    console.print(f"total {time.perf_counter() - start:.0f}s; table in reports/demo.md, metrics in {metrics_root}/")
+    console.print(f"total {time.perf_counter() - start:.0f}s; table in reports/demo.md, report in reports/report.html, "
+                  f"metrics in {metrics_root}/")
     return all(checks.values())

@@ -28,7 +28,7 @@ def test_same_seed_same_bytes_other_seed_other_world(tmp_path):
 
 def test_llava_onevision_format(world):
     records = json.loads((world / "train" / "instructions.json").read_text())
-    assert {r["kind"] for r in records} == {"brief", "detailed", "yesno"}
+    assert {r["kind"] for r in records} == {"brief", "detailed", "yesno", "choice"}
     for rec in records[:40]:
         assert set(rec) >= {"id", "image", "conversations"}
         human, gpt = rec["conversations"]
@@ -76,3 +76,46 @@ def test_probes_are_balanced_over_three_pope_splits(world):
         named = parse_objects(line["text"], shapes.COLOURS, shapes.SHAPES)
         present = {(o["colour"], o["shape"]) for o in annotations[line["image"]]}
         assert (named <= present) == (line["label"] == "yes")
+
+
+def test_eval_suite_files_are_deterministic_and_right_by_construction(world, tmp_path):
+    from cafe.evaluation import mmstar, pope, sugarcrepe, throne
+
+    cfg = SynthConfig(out=str(tmp_path / "again"), train_images=160, retrieval_images=40, probe_images=10)
+    shapes.generate(cfg)
+    assert _digest(world / "eval") == _digest(tmp_path / "again" / "eval")
+    eval_dir = world / "eval"
+    annotations = json.loads((eval_dir / "annotations.json").read_text())
+    objects = {name: {(o["colour"], o["shape"]) for o in objs} for name, objs in annotations.items()}
+
+    # POPE split files hold the same questions as pope.jsonl
+    legacy = [json.loads(l) for l in (eval_dir / "pope.jsonl").read_text().splitlines()]
+    split_qs = pope.load_pope(eval_dir)
+    assert sorted((q.question_id, q.split, q.label) for q in split_qs) == sorted((l["question_id"], l["split"], l["label"]) for l in legacy)
+
+    # THRONE: the true detailed description names exactly the present classes
+    vocab = throne.Vocabulary.load(eval_dir / "throne" / "vocabulary.json")
+    records = throne.load_annotations(eval_dir / "throne" / "annotations.json")
+    for rec in records:
+        scene = shapes.Scene("x", [shapes.ShapeObject(**o) for o in annotations[rec["image"]]], (0, 0, 0))
+        assert {vocab.classes[c] for c in vocab.find(shapes.detailed_description(scene))} == set(rec["objects"])
+
+    # SugarCrepe: positives name the true objects; negatives change them
+    items = sugarcrepe.load_sugarcrepe(eval_dir / "sugarcrepe")
+    assert {i.subset for i in items} == set(shapes.SUGARCREPE_SUBSETS)
+    for item in items:
+        truth = objects[item.filename]
+        assert parse_objects(item.caption, shapes.COLOURS, shapes.SHAPES) == truth
+        assert item.negative != item.caption
+        negative = parse_objects(item.negative, shapes.COLOURS, shapes.SHAPES)
+        assert negative != truth or item.subset == "swap_att"
+
+    # MMStar: every category present; counting answers are the true counts
+    questions = mmstar.load_mmstar(eval_dir / "mmstar.jsonl")
+    assert {q.category for q in questions} >= {"counting", "colour"}
+    for q in questions:
+        if q.category == "counting":
+            assert mmstar.options(q.question)[q.answer] == shapes.NUMBER_WORDS[len(objects[q.image])]
+        if q.category == "colour":
+            shape = q.question.split("the ")[1].split("?")[0]
+            assert (mmstar.options(q.question)[q.answer], shape) in objects[q.image]

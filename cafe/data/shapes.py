@@ -7,7 +7,12 @@ in the public formats the real pipeline reads:
   object questions), a JSON list plus an image folder;
 - held-out evaluation sets from another seed: a retrieval set in the Karpathy-split format used for
   Flickr30K/COCO (five different phrasings per image), POPE-style yes/no probes (JSON lines), and the
-  ground-truth objects of every evaluation image.
+  ground-truth objects of every evaluation image;
+- the rest of the evaluation suite, each in its public format (written from their own random streams,
+  so the files above do not change): POPE's per-split question files, THRONE-style annotations and
+  vocabulary, SugarCrepe's subset files, and MMStar-format multiple choice (counting, colour of an object,
+  relative position). The training data also carries MMStar-style multiple-choice records ("choice"), so
+  the base model can answer them and a fine-tuned model that forgets how fails the gate.
 
 40 object types x 2 sizes x 9 cells give enough distinct scenes that chance retrieval on 500 images is
 0.2%, and a caption can be right or wrong object by object.
@@ -53,6 +58,14 @@ DETAILED_INSTRUCTIONS = (
     "Describe the image in detail.",
     "Give a detailed description of the image.",
 )
+# THRONE vocabulary: other words a description may use for a shape
+SHAPE_SYNONYMS = {"circle": ["disc", "ball"], "square": ["box"], "triangle": [], "diamond": ["rhombus"],
+                  "cross": ["plus"]}
+CHOICE_CATEGORIES = ("counting", "colour", "position")
+COUNT_OPTIONS = ("one", "two", "three", "four")
+RELATIONS = ("left", "right", "above", "below")
+LETTERS = "ABCD"
+SUGARCREPE_SUBSETS = ("replace_att", "replace_obj", "swap_att", "add_obj")
 
 
 @dataclass(frozen=True)
@@ -137,7 +150,7 @@ def phrasings(scene: Scene) -> list[str]:
     objs = scene.objects
     n = len(objs)
     return [
-        _join([_article(f"{o.size} {o.colour} {o.shape}") for o in objs]) + ".",
+        brief_caption(objs),
         _join([f"{_article(f'{o.size} {o.colour} {o.shape}')} {_where(o.position)}" for o in objs]) + ".",
         f"{NUMBER_WORDS[n]} {'object' if n == 1 else 'objects'}: "
         + _join([_article(f"{o.colour} {o.shape}") + f" that is {o.size}" for o in objs]) + ".",
@@ -153,6 +166,55 @@ def detailed_description(scene: Scene) -> str:
         f"{_article(f'{o.size} {o.colour} {o.shape}').capitalize()} is {_where(o.position)}." for o in scene.objects
     )
     return f"{head} {body}"
+
+
+def brief_caption(objects: list[ShapeObject]) -> str:
+    """The first phrasing: "a large red circle and a small blue cross." """
+    return _join([_article(f"{o.size} {o.colour} {o.shape}") for o in objects]) + "."
+
+
+def _options_text(options: list[str]) -> str:
+    return "Options: " + ", ".join(f"{letter}: {text}" for letter, text in zip(LETTERS, options))
+
+
+def _relation(a: ShapeObject, b: ShapeObject) -> str | None:
+    """Where ``a`` is relative to ``b`` when they share a row or a column (else ambiguous: None)."""
+    ra, ca = divmod(POSITIONS.index(a.position), 3)
+    rb, cb = divmod(POSITIONS.index(b.position), 3)
+    if ra == rb:
+        return "left" if ca < cb else "right"
+    if ca == cb:
+        return "above" if ra < rb else "below"
+    return None
+
+
+def choice_question(scene: Scene, category: str, rng: random.Random) -> tuple[str, str] | None:
+    """An MMStar-style question ("...?\nOptions: A: ..., B: ...") and its answer letter, or None when the
+    scene cannot pose this kind (no object with a unique shape, no pair sharing a row or column)."""
+    objs = scene.objects
+    if category == "counting":
+        question, truth, pool = "How many objects are in the image?", NUMBER_WORDS[len(objs)], list(COUNT_OPTIONS)
+    elif category == "colour":
+        unique = [o for o in objs if sum(p.shape == o.shape for p in objs) == 1]
+        if not unique:
+            return None
+        target = rng.choice(unique)
+        others = [o.colour for o in objs if o.colour != target.colour]
+        rest = [c for c in COLOURS if c != target.colour and c not in others]
+        distractors = list(dict.fromkeys(others))[:3]
+        distractors += rng.sample(rest, 3 - len(distractors))
+        question, truth, pool = f"What colour is the {target.shape}?", target.colour, [target.colour, *distractors]
+    elif category == "position":
+        pairs = [(a, b) for a in objs for b in objs if a is not b and _relation(a, b)]
+        if not pairs:
+            return None
+        a, b = rng.choice(pairs)
+        question = f"Where is the {a.colour} {a.shape} relative to the {b.colour} {b.shape}?"
+        truth, pool = _relation(a, b), list(RELATIONS)
+    else:
+        raise ValueError(f"unknown choice category {category!r}; known: {CHOICE_CATEGORIES}")
+    rng.shuffle(pool)
+    return f"{question}\n{_options_text(pool)}", LETTERS[pool.index(truth)]
 
 
 def negative_objects(scene: Scene, rng: random.Random) -> dict[str, tuple[str, str]]:
@@ -174,8 +236,9 @@ def _conversation(question: str, answer: str) -> list[dict[str, str]]:
     return [{"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": answer}]
 
 
-def instruction_records(scene: Scene, image: str, rng: random.Random) -> list[dict]:
-    """LLaVA-OneVision records for one training image: brief, detailed and yes/no kinds."""
+def instruction_records(scene: Scene, image: str, rng: random.Random, choice_rng: random.Random | None = None) -> list[dict]:
+    """LLaVA-OneVision records for one training image: brief, detailed, yes/no and (with ``choice_rng``)
+    multiple-choice kinds."""
     records = [
         {"id": f"{scene.id}-brief", "image": image, "kind": "brief",
          "conversations": _conversation(rng.choice(BRIEF_INSTRUCTIONS), rng.choice(phrasings(scene)))},
@@ -187,6 +250,13 @@ def instruction_records(scene: Scene, image: str, rng: random.Random) -> list[di
     for tag, (colour, shape), answer in (("yes", (present.colour, present.shape), "Yes"), ("no", absent, "No")):
         records.append({"id": f"{scene.id}-{tag}", "image": image, "kind": "yesno",
                         "conversations": _conversation(f"Is there {_article(f'{colour} {shape}')} in the image?", answer)})
+    if choice_rng is not None:
+        for category in choice_rng.sample(CHOICE_CATEGORIES, len(CHOICE_CATEGORIES)):
+            posed = choice_question(scene, category, choice_rng)
+            if posed is not None:
+                records.append({"id": f"{scene.id}-choice", "image": image, "kind": "choice",
+                                "conversations": _conversation(*posed)})
+                break
     return records
 
 
@@ -208,11 +278,14 @@ def generate(cfg: SynthConfig) -> dict[str, int]:
     (eval_dir / "images").mkdir(parents=True, exist_ok=True)
 
     rng = random.Random(cfg.seed)
+    # the newer record kinds and evaluation sets draw from their own streams, so that the older files
+    # stay byte-identical
+    choice_rng = random.Random(f"{cfg.seed}:choice") if cfg.choice_records else None
     records: list[dict] = []
     for scene in _scenes(rng, "train", cfg.train_images, cfg.object_count_weights):
         image = f"images/{scene.id}.png"
         render(scene, cfg.image_size, rng).save(train_dir / image)
-        records.extend(instruction_records(scene, image, rng))
+        records.extend(instruction_records(scene, image, rng, choice_rng))
     _write_json(train_dir / "instructions.json", records)
 
     rng = random.Random(cfg.eval_seed)
@@ -240,12 +313,83 @@ def generate(cfg: SynthConfig) -> dict[str, int]:
                 pope_lines.append({"question_id": qid, "image": f"{scene.id}.png", "split": split,
                                    "text": f"Is there {_article(f'{c} {s}')} in the image?", "label": label})
                 qid += 1
-    tmp = eval_dir / "pope.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(line) + "\n" for line in pope_lines))
-    tmp.replace(eval_dir / "pope.jsonl")
+    _write_jsonl(eval_dir / "pope.jsonl", pope_lines)
+    suite = write_eval_suite(eval_dir, retrieval, probes, pope_lines, random.Random(f"{cfg.eval_seed}:suite"))
     return {"train_images": cfg.train_images, "instruction_records": len(records),
             "retrieval_images": len(retrieval), "retrieval_captions": 5 * len(retrieval),
-            "probe_questions": len(pope_lines)}
+            "probe_questions": len(pope_lines), **suite}
+
+
+def _write_jsonl(path: Path, lines: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    tmp.replace(path)
+
+
+def sugarcrepe_negative(scene: Scene, subset: str, rng: random.Random) -> str | None:
+    """A hard negative caption for the scene's brief caption, or None when the subset does not apply."""
+    objs = list(scene.objects)
+    present = {(o.colour, o.shape) for o in objs}
+    i = rng.randrange(len(objs))
+    o = objs[i]
+    if subset == "replace_att":
+        options = [c for c in COLOURS if (c, o.shape) not in present and all(p.colour != c for p in objs)]
+        objs[i] = ShapeObject(rng.choice(options), o.shape, o.size, o.position)
+    elif subset == "replace_obj":
+        options = [s for s in SHAPES if (o.colour, s) not in present]
+        objs[i] = ShapeObject(o.colour, rng.choice(options), o.size, o.position)
+    elif subset == "swap_att":
+        pairs = [(a, b) for a in range(len(objs)) for b in range(a + 1, len(objs))
+                 if objs[a].colour != objs[b].colour and objs[a].shape != objs[b].shape]
+        if not pairs:
+            return None
+        a, b = rng.choice(pairs)
+        oa, ob = objs[a], objs[b]
+        objs[a] = ShapeObject(ob.colour, oa.shape, oa.size, oa.position)
+        objs[b] = ShapeObject(oa.colour, ob.shape, ob.size, ob.position)
+    elif subset == "add_obj":
+        colour, shape = rng.choice([(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present])
+        objs.append(ShapeObject(colour, shape, rng.choice(SIZES), "center"))
+    else:
+        raise ValueError(f"unknown SugarCrepe subset {subset!r}")
+    return brief_caption(objs)
+
+
+def write_eval_suite(eval_dir: Path, retrieval: list[Scene], probes: list[Scene], pope_lines: list[dict],
+                     rng: random.Random) -> dict[str, int]:
+    """POPE split files, THRONE annotations + vocabulary, SugarCrepe subsets and MMStar questions."""
+    for split in ("random", "popular", "adversarial"):
+        lines = [{k: v for k, v in line.items() if k != "split"} for line in pope_lines if line["split"] == split]
+        _write_jsonl(eval_dir / "pope" / f"shapes_pope_{split}.json", lines)
+
+    (eval_dir / "throne").mkdir(exist_ok=True)
+    vocabulary = {f"{c} {s}": [f"{c} {syn}" for syn in SHAPE_SYNONYMS[s]] for c in COLOURS for s in SHAPES}
+    _write_json(eval_dir / "throne" / "vocabulary.json", vocabulary)
+    _write_json(eval_dir / "throne" / "annotations.json",
+                [{"image": f"{s.id}.png", "objects": [o.name for o in s.objects]} for s in probes])
+
+    (eval_dir / "sugarcrepe").mkdir(exist_ok=True)
+    pairs = 0
+    for subset in SUGARCREPE_SUBSETS:
+        items = {}
+        for scene in retrieval:
+            negative = sugarcrepe_negative(scene, subset, rng)
+            if negative is not None:
+                items[str(len(items))] = {"filename": f"{scene.id}.png", "caption": brief_caption(scene.objects),
+                                          "negative_caption": negative}
+        _write_json(eval_dir / "sugarcrepe" / f"{subset}.json", items)
+        pairs += len(items)
+
+    questions = []
+    for scene in probes:
+        for category in CHOICE_CATEGORIES:
+            posed = choice_question(scene, category, rng)
+            if posed is not None:
+                questions.append({"index": len(questions), "question": posed[0], "answer": posed[1],
+                                  "category": category, "l2_category": "shapes", "image": f"{scene.id}.png"})
+    _write_jsonl(eval_dir / "mmstar.jsonl", questions)
+    return {"sugarcrepe_pairs": pairs, "mmstar_questions": len(questions), "throne_images": len(probes)}
 
 
 def vocabulary_corpus() -> list[str]:
@@ -256,4 +400,7 @@ def vocabulary_corpus() -> list[str]:
     lines = [" ".join(words), detailed_description(scene), *phrasings(scene)]
     lines += list(BRIEF_INSTRUCTIONS) + list(DETAILED_INSTRUCTIONS)
     lines += ["Is there an orange square in the image? Yes No yes no", "There is one object"]
+    lines += ["How many objects are in the image? What colour is the Where is the relative to the",
+              _options_text(list(COUNT_OPTIONS)), _options_text(list(RELATIONS)), " ".join(LETTERS),
+              " ".join(w for syn in SHAPE_SYNONYMS.values() for w in syn)]
     return lines

@@ -10,6 +10,11 @@ from __future__ import annotations
 import re
 from typing import Iterable, Sequence
 
+import numpy as np
+
+from cafe.evaluation.per_item import yes_no_metrics
+from cafe.evaluation.pope import parse_answer as parse_yes_no  # noqa: F401  (POPE's rule, re-exported)
+
 _WORD = re.compile(r"[a-z]+")
 
 
@@ -40,25 +45,7 @@ def object_prf(predicted: Sequence[set], truth: Sequence[set]) -> dict[str, floa
     return {"precision": precision, "recall": recall, "f1": f1}
 
 
-def parse_yes_no(answer: str) -> str:
-    """POPE's rule: keep the first sentence; 'no' or 'not' among its words means "no", else "yes"."""
-    first = answer.split(".")[0].replace(",", " ").lower()
-    words = first.split()
-    return "no" if ("no" in words or "not" in words) else "yes"
-
-
 def yes_no_scores(answers: Sequence[str], labels: Sequence[str]) -> dict[str, float]:
-    """Accuracy, precision, recall, F1 (positive = "yes") and the share of "yes" answers."""
-    pred = [parse_yes_no(a) for a in answers]
-    tp = sum(p == "yes" and l == "yes" for p, l in zip(pred, labels))
-    fp = sum(p == "yes" and l == "no" for p, l in zip(pred, labels))
-    fn = sum(p == "no" and l == "yes" for p, l in zip(pred, labels))
-    n = len(labels)
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    return {
-        "accuracy": sum(p == l for p, l in zip(pred, labels)) / n if n else 0.0,
-        "precision": precision, "recall": recall,
-        "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
-        "yes_ratio": pred.count("yes") / n if n else 0.0,
-    }
+    """Accuracy, precision, recall, F1 (positive = "yes") and the share of "yes" answers, POPE's way."""
+    pred = np.array([parse_yes_no(a) == "yes" for a in answers], dtype=np.int8)
+    return yes_no_metrics(pred, np.array([label == "yes" for label in labels], dtype=np.int8))

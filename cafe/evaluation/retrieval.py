@@ -3,6 +3,10 @@
 Image->text: an image is a hit at K if any of its captions is among the K most similar captions.
 Text->image: each caption is a hit at K if its image is among the K most similar images.
 Ties count against the query (a tied wrong item ranks ahead), so a constant model scores chance or worse.
+
+Similarities are computed ``chunk`` query rows at a time, so 5K images x 25K captions needs memory for one
+``chunk x 25K`` block, not the whole 5K x 25K matrix. The per-query ranks are kept: they are the per-item
+results the gate's bootstrap resamples.
 """
 
 from __future__ import annotations
@@ -18,14 +22,18 @@ def load_karpathy(path: str | Path, split: str = "test") -> tuple[list[str], lis
     path = Path(path)
     data = json.loads(path.read_text())
     images, captions, owner = [], [], []
-    for entry in data["images"]:
+    for n, entry in enumerate(data.get("images", [])):
         if split and entry.get("split", split) != split:
             continue
+        if "filename" not in entry or not entry.get("sentences"):
+            raise ValueError(f"{path}: images[{n}] needs 'filename' and a non-empty 'sentences' list")
         folder = entry.get("filepath", "")
         images.append(str(path.parent / folder / entry["filename"]))
         for sentence in entry["sentences"]:
             captions.append(sentence["raw"])
             owner.append(len(images) - 1)
+    if not images:
+        raise ValueError(f"{path}: no images with split {split!r}")
     return images, captions, owner
 
 
@@ -35,9 +43,10 @@ def _rank_of_best(scores: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
     return ((scores >= best[:, None]) & ~positive).sum(dim=1)
 
 
-def recall_at_k(image_emb: torch.Tensor, text_emb: torch.Tensor, text_to_image: list[int] | torch.Tensor,
-                ks: list[int] = (1, 5, 10), chunk: int = 1024) -> dict[str, float]:
-    """R@K both ways from normalised embeddings; similarities computed ``chunk`` rows at a time."""
+def retrieval_ranks(image_emb: torch.Tensor, text_emb: torch.Tensor, text_to_image: list[int] | torch.Tensor,
+                    chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """0-based rank of the first correct item for every image query (over captions) and every caption
+    query (over images)."""
     owner = torch.as_tensor(text_to_image, dtype=torch.long)
     n_img = image_emb.shape[0]
     i2t_rank = torch.empty(n_img, dtype=torch.long)
@@ -45,17 +54,31 @@ def recall_at_k(image_emb: torch.Tensor, text_emb: torch.Tensor, text_to_image: 
         scores = image_emb[lo:lo + chunk] @ text_emb.T
         positive = owner[None, :] == torch.arange(lo, min(lo + chunk, n_img))[:, None]
         i2t_rank[lo:lo + chunk] = _rank_of_best(scores, positive)
+        del scores, positive
     t2i_rank = torch.empty(len(owner), dtype=torch.long)
     for lo in range(0, len(owner), chunk):
         scores = text_emb[lo:lo + chunk] @ image_emb.T
         positive = torch.zeros_like(scores, dtype=torch.bool)
         positive[torch.arange(scores.shape[0]), owner[lo:lo + chunk]] = True
         t2i_rank[lo:lo + chunk] = _rank_of_best(scores, positive)
+        del scores, positive
+    return i2t_rank, t2i_rank
+
+
+def recall_from_ranks(i2t_rank, t2i_rank, ks=(1, 5, 10)) -> dict[str, float]:
+    """R@K both ways from 0-based ranks."""
+    i2t, t2i = torch.as_tensor(i2t_rank), torch.as_tensor(t2i_rank)
     out = {}
     for k in ks:
-        out[f"i2t_R@{k}"] = float((i2t_rank < k).float().mean())
-        out[f"t2i_R@{k}"] = float((t2i_rank < k).float().mean())
+        out[f"i2t_R@{k}"] = float((i2t < k).float().mean()) if len(i2t) else float("nan")
+        out[f"t2i_R@{k}"] = float((t2i < k).float().mean()) if len(t2i) else float("nan")
     return out
+
+
+def recall_at_k(image_emb: torch.Tensor, text_emb: torch.Tensor, text_to_image: list[int] | torch.Tensor,
+                ks: list[int] = (1, 5, 10), chunk: int = 1024) -> dict[str, float]:
+    """R@K both ways from normalised embeddings; similarities computed ``chunk`` rows at a time."""
+    return recall_from_ranks(*retrieval_ranks(image_emb, text_emb, text_to_image, chunk), ks)
 
 
 def modality_gap(image_emb: torch.Tensor, text_emb: torch.Tensor) -> float:

@@ -1,0 +1,111 @@
+"""The human report of an evaluation: Markdown and one self-contained HTML file (no network; plots
+embedded as base64 PNG), comparing a model with its base and, where given, other models.
+
+Each run is an evaluation folder (``metrics.json``, optional ``details.json``, ``plots/*.png``,
+``gate.json``). The last run is the model the report is about; the change column is last minus first."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+from cafe.report import LOWER_IS_BETTER, comparison
+
+
+def _load(folder: Path) -> dict:
+    def read(name):
+        path = folder / name
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    plots = {p.name: p.read_bytes() for p in sorted((folder / "plots").glob("*.png"))} if (folder / "plots").is_dir() else {}
+    return {"metrics": read("metrics.json") or {}, "details": read("details.json") or {}, "gate": read("gate.json"),
+            "plots": plots}
+
+
+def _gate_rows(gate: dict) -> list[list[str]]:
+    rows = []
+    for c in gate.get("checks", []):
+        ci = c.get("ci")
+        rows.append([c["metric"], c["kind"], _fmt(c.get("value")), f"[{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "—",
+                     _fmt(c.get("threshold")), "pass" if c["passed"] else "FAIL", c.get("message", "")])
+    return rows
+
+
+def _fmt(v) -> str:
+    return f"{v:.3f}" if isinstance(v, (int, float)) else ("—" if v is None else str(v))
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _class_rows(details: dict) -> list[list[str]]:
+    classes = details.get("throne_classes", {})
+    return [[name, _fmt(c["precision"]), _fmt(c["recall"]), _fmt(c["f1"]), _fmt(c["f0.5"]), str(c["support"])]
+            for name, c in classes.items() if c["support"] or c["predicted"]]
+
+
+def render(runs: dict[str, dict], title: str) -> tuple[str, str]:
+    """(Markdown, HTML) for runs loaded with their metrics, details, gate and plots."""
+    names = list(runs)
+    subject = runs[names[-1]]
+    header = ["metric", *names, "change"] if len(names) > 1 else ["metric", names[0]]
+    rows = comparison({n: r["metrics"] for n, r in runs.items()})
+    if len(names) == 1:
+        rows = [r[:2] for r in rows]
+    note = f"Lower is better for {', '.join(sorted(LOWER_IS_BETTER))}; change = {names[-1]} − {names[0]}." if len(names) > 1 else ""
+    sections = [("Metrics", header, rows, note)]
+    if subject["gate"]:
+        verdict = "PASSED" if subject["gate"].get("passed") else "FAILED"
+        sections.append((f"Gate: {verdict}", ["metric", "check", "value", "95% CI", "threshold", "result", "message"],
+                         _gate_rows(subject["gate"]), ""))
+    if _class_rows(subject["details"]):
+        sections.append(("THRONE class-wise", ["class", "precision", "recall", "F1", "F0.5", "support"],
+                         _class_rows(subject["details"]), ""))
+
+    md = [f"# {title}\n"]
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    for heading, head, rows_, text in sections:
+        md += [f"## {heading}\n", _md_table(head, rows_), text + "\n" if text else ""]
+        body += [f"<h2>{html.escape(heading)}</h2>", _html_table(head, rows_), f"<p>{html.escape(text)}</p>" if text else ""]
+    md.append("## Plots\n")
+    body.append("<h2>Plots</h2>")
+    for name, run in runs.items():
+        for plot, png in run["plots"].items():
+            md.append(f"- {name}: `plots/{plot}` (embedded in report.html)\n")
+            b64 = base64.b64encode(png).decode()
+            body.append(f"<figure><img alt='{html.escape(plot)}' src='data:image/png;base64,{b64}'>"
+                        f"<figcaption>{html.escape(name)}: {html.escape(plot)}</figcaption></figure>")
+    style = ("body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;margin:1em 0}"
+             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child,th:first-child{text-align:left}"
+             "figure{display:inline-block;margin:0.5em}")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
+    return "".join(md), page
+
+
+def write_report(runs: dict[str, str | Path], out_dir: str | Path, title: str | None = None) -> tuple[Path, Path]:
+    """Write ``report.md`` and ``report.html`` for evaluation folders (name -> folder; the last is the subject)."""
+    loaded = {}
+    for name, folder in runs.items():
+        if not (Path(folder) / "metrics.json").is_file():
+            raise FileNotFoundError(f"{folder}: no metrics.json; run `cafe evaluate -o {folder}` first")
+        loaded[name] = _load(Path(folder))
+    names = list(loaded)
+    title = title or (f"Evaluation of {names[-1]}" + (f" against {', '.join(names[:-1])}" if len(names) > 1 else ""))
+    md, page = render(loaded, title)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.md").write_text(md)
+    (out / "report.html").write_text(page)
+    return out / "report.md", out / "report.html"

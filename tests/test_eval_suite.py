@@ -1,0 +1,104 @@
+"""The evaluation suite end to end on the small shapes world: files, cache, report, prompt ranking."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cafe.evaluation.cache import EmbeddingCache, model_fingerprint
+from cafe.evaluation.evaluate import METRIC_KEYS, evaluate
+from cafe.evaluation.per_item import PerItem
+
+
+def test_cache_computes_once_and_is_keyed_by_model(tmp_path, adapter):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return torch.ones(3, 2)
+
+    cache = EmbeddingCache(tmp_path, "model-a")
+    a = cache.get_or_compute("texts", "k1", compute)
+    b = EmbeddingCache(tmp_path, "model-a").get_or_compute("texts", "k1", compute)
+    assert torch.equal(a, b) and len(calls) == 1
+    EmbeddingCache(tmp_path, "model-b").get_or_compute("texts", "k1", compute)
+    EmbeddingCache(None, "model-a").get_or_compute("texts", "k1", compute)  # caching off
+    assert len(calls) == 3
+
+    before = model_fingerprint(adapter.model)
+    with torch.no_grad():
+        next(adapter.model.parameters()).add_(1e-3)
+    assert model_fingerprint(adapter.model) != before
+    assert model_fingerprint(adapter.model, settings={"prompt": "x"}) != model_fingerprint(adapter.model)
+
+
+def test_checkpoint_fingerprint_follows_the_weight_files(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text("{}")
+    (ckpt / "model.safetensors").write_bytes(b"0" * 10)
+    first = model_fingerprint(path=ckpt)
+    assert model_fingerprint(path=ckpt) == first
+    (ckpt / "model.safetensors").write_bytes(b"1" * 11)
+    assert model_fingerprint(path=ckpt) != first
+
+
+@pytest.fixture()
+def small_eval(params, tmp_path):
+    cfg = params.evaluate.model_copy(update={
+        "cache_dir": str(tmp_path / "cache"), "max_new_tokens": 4, "detail_max_new_tokens": 4, "batch_size": 16,
+        "max_items": {"retrieval": 12, "captions": 4, "pope": 2, "throne": 3, "sugarcrepe": 2, "mmstar": 3}})
+    return cfg
+
+
+@pytest.mark.slow
+def test_every_part_writes_its_metrics(adapter, params, small_eval, tmp_path):
+    metrics = evaluate(adapter, small_eval, params.prompts, tmp_path / "all")
+    for key in METRIC_KEYS + ("pope_avg_f1", "throne_f0.5", "throne_cls_f1", "sugarcrepe_accuracy",
+                              "mmstar_accuracy", "image_effective_rank", "text_cev@10"):
+        assert key in metrics, key
+    assert list(metrics)[:len(METRIC_KEYS)] == list(METRIC_KEYS)
+    details = json.loads((tmp_path / "all" / "details.json").read_text())
+    assert details["counts"]["pope"] == 6 and details["counts"]["mmstar"] == 3
+    lines = (tmp_path / "all" / "descriptions.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and "THRONE class-wise" in (tmp_path / "all" / "report.md").read_text()
+
+
+def test_evaluate_writes_metrics_per_item_report_and_reuses_embeddings(adapter, params, small_eval, tmp_path):
+    # the parts without generation (fast); test_every_part_writes_its_metrics runs them all
+    small_eval = small_eval.model_copy(update={"parts": ["retrieval", "geometry", "sugarcrepe"]})
+    first = evaluate(adapter, small_eval, params.prompts, tmp_path / "base")
+    assert {"i2t_R@1", "t2i_R@10", "modality_gap", "sugarcrepe_accuracy", "image_effective_rank"} <= set(first)
+    saved = json.loads((tmp_path / "base" / "metrics.json").read_text())
+    recomputed = PerItem.load(tmp_path / "base" / "per_item.npz").metrics()
+    assert saved.keys() == recomputed.keys()
+    assert all(np.isclose(saved[k], recomputed[k], equal_nan=True) for k in saved)
+    details = json.loads((tmp_path / "base" / "details.json").read_text())
+    assert details["counts"]["retrieval"]["images"] == 12 and details["counts"]["sugarcrepe"] == 8
+    assert details["embedding_cache"]["misses"] >= 2
+
+    second = evaluate(adapter, small_eval, params.prompts, tmp_path / "cafe", compare={"base": tmp_path / "base"})
+    details = json.loads((tmp_path / "cafe" / "details.json").read_text())
+    assert details["embedding_cache"]["misses"] == 0 and details["embedding_cache"]["hits"] >= 2
+    assert all(np.isclose(first[k], second[k], equal_nan=True) for k in first)
+
+    page = (tmp_path / "cafe" / "report.html").read_text()
+    assert "data:image/png;base64," in page and "http://" not in page and "https://" not in page
+    assert "<th>base</th>" in page
+    assert "| i2t_R@1 |" in (tmp_path / "cafe" / "report.md").read_text()
+    assert (tmp_path / "cafe" / "plots" / "embedding_scatter.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_prompt_ranking_scores_every_candidate(adapter, params):
+    from cafe.evaluation.prompts import rank_prompts
+
+    candidates = [("Compress this image in one word:", "Compress this sentence in one word:"),
+                  ("Describe the image briefly.", "Describe the image briefly.")]
+    rows = rank_prompts(adapter, candidates, f"{params.evaluate.data}/retrieval_karpathy.json", images=4)
+    assert {(r["image_prompt"], r["text_prompt"]) for r in rows} == set(candidates)
+    assert [r["retrieval_rank"] for r in rows] == [1, 2] and rows[0]["R@1"] >= rows[1]["R@1"]
+    vocab = len(adapter.tokenizer)
+    for r in rows:
+        assert 0 < r["entropy_image"] <= np.log(vocab) + 1e-4 and 0 < r["entropy_text"] <= np.log(vocab) + 1e-4
+    assert sorted(r["entropy_rank"] for r in rows) == [1, 2]
