@@ -24,7 +24,8 @@ def _grads(params, batch, chunk, sync=lambda p: None):
 
 
 def _batch(params, lo, hi):
-    repurpose(params.repurpose)
+    if not os.path.exists(params.repurpose.out):
+        repurpose(params.repurpose)
     samples = load_pair_samples(params.repurpose.out, params.prompts.caption)
     data = SampleDataset(samples)
     return collate([data[i] for i in range(lo, hi)])
@@ -71,6 +72,7 @@ def test_cached_gradients_on_two_processes_equal_one_process_full_batch(params, 
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = tmp_path / "rank0.pt"
+    repurpose(params.repurpose)  # once, here: two workers writing the same pairs file race
     mp.spawn(_worker, args=(port, params, str(out)), nprocs=2, join=True)
     two = torch.load(out, weights_only=False)
     one = _grads(params, _batch(params, 0, 12), chunk=0)
