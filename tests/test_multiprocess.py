@@ -34,7 +34,7 @@ def test_torchrun_two_processes_match_one(params, tmp_path):
     one = ["-m", "cafe.cli", "train", "-p", str(tmp_path / "params.yaml"), "-s", f"train.output={tmp_path / 'one'}",
            "-s", "train.batch_size=8"]
     _run([sys.executable, *one], tmp_path)
-    two = ["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1", "--master_port=0",
+    two = ["-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
            "-m", "cafe.cli", "train", "-p", str(tmp_path / "params.yaml"), "-s", f"train.output={tmp_path / 'two'}",
            "-s", "train.batch_size=4"]
     _run([sys.executable, *two], tmp_path)

@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from cafe.config import Params, TrainConfig, save_params
@@ -97,13 +97,17 @@ class Trainer:
         return int(state["step"])
 
     # ----------------------------------------------------------------- loop
-    def fit(self, samples: list[Sample], init: str | Path | Callable[[], VLMAdapter], resume: bool = True,
+    def fit(self, data: Dataset | list[Sample], init: str | Path | Callable[[], VLMAdapter], resume: bool = True,
             stop_after: int | None = None) -> Path:
         """Train and return the directory of the final model (``<output>/model``).
+
+        ``data`` is a map-style dataset of ``(Sample, PIL image)`` items (a list of samples is wrapped in
+        :class:`SampleDataset`); the global batch sampler decides which indices each rank reads at each step.
 
         ``stop_after`` ends the run early after that many steps (with a checkpoint), as an interruption would.
         """
         cfg, dist = self.cfg, self.dist
+        dataset = SampleDataset(data) if isinstance(data, list) else data
         seed_everything(cfg.seed + dist.rank)
         adapter, resumed_from = self._load(init, resume)
         model = adapter.model.to(dist.device)
@@ -111,7 +115,7 @@ class Trainer:
         params = [p for p in model.parameters() if p.requires_grad]
 
         global_batch = cfg.batch_size * dist.world_size
-        total = cfg.max_steps or steps_for_epochs(len(samples), global_batch, cfg.epochs)
+        total = cfg.max_steps or steps_for_epochs(len(dataset), global_batch, cfg.epochs)
         optimizer = build_optimizer(model, cfg.optim)
         scheduler = build_scheduler(optimizer, cfg.optim, total)
         step = self._restore(resumed_from, optimizer, scheduler) if resumed_from else 0
@@ -119,9 +123,9 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             save_params(self.params, self.out / "params.yaml")
 
-        sampler = GlobalBatchSampler(len(samples), cfg.batch_size, dist.world_size, dist.rank, cfg.seed,
+        sampler = GlobalBatchSampler(len(dataset), cfg.batch_size, dist.world_size, dist.rank, cfg.seed,
                                      start_step=step, total_steps=total)
-        loader = DataLoader(SampleDataset(samples), batch_sampler=sampler, collate_fn=collate,
+        loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
                             num_workers=cfg.num_workers, persistent_workers=False)
         autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
                     if dist.device.type == "cuda" and cfg.precision == "bf16" else nullcontext())
@@ -173,7 +177,7 @@ class Trainer:
             adapter.save_pretrained(staged)
             save_params(self.params, staged / "params.yaml")
             (staged / "train_summary.json").write_text(json.dumps(
-                {"steps": step, "global_batch": global_batch, "samples": len(samples),
+                {"steps": step, "global_batch": global_batch, "samples": len(dataset),
                  "resumed_from": str(resumed_from) if resumed_from else None}, indent=1))
             if final.exists():
                 import shutil
