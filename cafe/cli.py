@@ -204,23 +204,30 @@ app.add_typer(registry_app, name="registry")
 
 @app.command()
 def gate(metrics: str = typer.Option(..., "--metrics", help="the model's metrics.json (per_item.npz beside it is used)"),
-         reference: Optional[str] = typer.Option(None, "--reference", help="reference metrics.json (production or base model)"),
+         reference: Optional[str] = typer.Option(None, "--reference", help="the base model's metrics.json: the "
+                                                 "reference while the registry has no production model"),
+         production: bool = typer.Option(True, help="compare with the registry's gate.reference_alias version "
+                                                    "when there is one"),
          out: str = typer.Option(..., "--out", help="directory for gate.json"),
          params: str = ParamsOpt, set: Optional[list[str]] = SetOpt) -> None:
     """Floors and allowed regressions with bootstrap intervals -> gate.json; exit 1 when a check fails."""
-    from cafe.evaluation.gate import load_evaluation, print_gate, run_gate, write_gate
+    from cafe.evaluation.gate import load_evaluation, print_gate, production_reference, run_gate, write_gate
 
     p = _params(params, set)
     try:
+        found = (production_reference(p.registry.store, p.registry.name, p.gate.reference_alias,
+                                      Path(out) / "reference") if production and p.gate.reference_alias else None)
+        ref_path, ref_label = found or (reference, reference and f"file {reference}")
         values, per_item = load_evaluation(metrics)
-        ref_values, ref_items = load_evaluation(reference) if reference else (None, None)
+        ref_values, ref_items = load_evaluation(ref_path) if ref_path else (None, None)
     except (FileNotFoundError, ValueError) as err:
         console.print(f"[red]gate[/red]: {err}")
         raise typer.Exit(2) from None
     result = run_gate(values, ref_values, p.gate, per_item=per_item, reference_per_item=ref_items)
+    result["reference"] = ref_label
     path = write_gate(result, out)
     print_gate(result, Console())
-    console.print(f"gate {'passed' if result['passed'] else 'FAILED'} -> {path}")
+    console.print(f"gate {'passed' if result['passed'] else 'FAILED'} against {ref_label or 'no reference'} -> {path}")
     raise typer.Exit(0 if result["passed"] else 1)
 
 

@@ -220,6 +220,7 @@ class GateConfig(_Section):
     floors: dict[str, float] = Field(default_factory=dict)  # metric -> lowest acceptable value
     max_regression: dict[str, float] = Field(default_factory=dict)  # metric -> largest allowed drop vs reference
     lower_is_better: list[str] = Field(default_factory=lambda: ["modality_gap"])
+    reference_alias: str = "production"  # the registry alias compared against; "" = always the given reference
     require_reference: bool = True  # regression checks without a reference fail (else they pass, saying so)
     confidence: float = Field(0.95, gt=0, lt=1)
     resamples: int = Field(1000, ge=10)

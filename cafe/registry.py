@@ -383,17 +383,7 @@ class Registry:
         dest.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.pull-"))
         try:
-            with tqdm(total=record["total_bytes"], unit="B", unit_scale=True,
-                      desc=f"pull {name} v{record['version']}", disable=not self.progress) as bar:
-                for rel, meta in record["files"].items():
-                    target = staging / rel
-                    self.store.get_file(join(record["prefix"], rel), target)
-                    actual = sha256_file(target)
-                    if actual != meta["sha256"]:
-                        raise ChecksumMismatch(
-                            f"{name} v{record['version']}: {rel} has sha256 {actual}, registered {meta['sha256']}; "
-                            f"the stored copy at {self.store.uri}/{record['prefix']} is corrupt or was changed")
-                    bar.update(meta["size"])
+            self._download(record, record["files"], staging)
             (staging / RECORD_FILE).write_text(json.dumps(record, indent=1))
             if dest.exists():
                 dest.rmdir()
@@ -402,6 +392,28 @@ class Registry:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return dest
+
+    def fetch(self, name: str, ref: str | int, files: list[str], dest: str | Path) -> tuple[dict, dict[str, Path]]:
+        """Download only ``files`` of a version (those it has) into ``dest``, verified like ``pull``; returns
+        the version record and the local path of each file found (e.g. a gate reading production's metrics)."""
+        record = self.show(name, ref)
+        wanted = {rel: record["files"][rel] for rel in files if rel in record["files"]}
+        self._download(record, wanted, Path(dest))
+        return record, {rel: Path(dest) / rel for rel in wanted}
+
+    def _download(self, record: dict, files: Mapping[str, dict], dest: Path) -> None:
+        with tqdm(total=sum(m["size"] for m in files.values()), unit="B", unit_scale=True,
+                  desc=f"pull {record['name']} v{record['version']}", disable=not self.progress) as bar:
+            for rel, meta in files.items():
+                target = dest / rel
+                self.store.get_file(join(record["prefix"], rel), target)
+                actual = sha256_file(target)
+                if actual != meta["sha256"]:
+                    raise ChecksumMismatch(
+                        f"{record['name']} v{record['version']}: {rel} has sha256 {actual}, registered "
+                        f"{meta['sha256']}; the stored copy at {self.store.uri}/{record['prefix']} is corrupt or "
+                        "was changed")
+                bar.update(meta["size"])
 
     # ----------------------------------------------------------------- housekeeping
     def gc(self, name: str, min_age_s: float = 24 * 3600) -> list[str]:

@@ -96,7 +96,9 @@ def register(model: str = typer.Option(..., "--model", "-m", help="saved model d
     """Register a model version: files + model card + metrics + gate + lineage, visible only when complete."""
     reg, name, p = _open(params, set, store, name)
     with _errors():
+        per_item = Path(metrics).parent / "per_item.npz"  # lets a later gate bootstrap against this version
         record = reg.register(model, name, metrics=metrics, gate=gate,
+                              extra_files={"per_item.npz": per_item} if per_item.is_file() else None,
                               data_version=resolve_data_version(data_version, p.train.data),
                               params=training_params, parent=parent or p.train.base_model,
                               alias=p.registry.alias_on_register if alias is None else alias,

@@ -114,3 +114,34 @@ def test_cli_writes_gate_json_and_exits_nonzero_on_failure(tmp_path):
         assert all({"metric", "value", "ci", "threshold", "passed", "message"} <= set(c) for c in gate["checks"])
     res = runner.invoke(app, ["gate", "--metrics", str(tmp_path / "nowhere.json"), "--out", str(tmp_path / "g")])
     assert res.exit_code == 2 and "run `cafe evaluate` first" in res.output
+
+
+def test_cli_gate_compares_with_the_registry_production_model_once_there_is_one(tmp_path):
+    from cafe.registry import Registry
+
+    _write_eval(tmp_path / "base", [1] * 20 + [0] * 20)
+    _write_eval(tmp_path / "prod", [1] * 38 + [0] * 2)
+    _write_eval(tmp_path / "cand", [1] * 24 + [0] * 16)
+    (tmp_path / "params.yaml").write_text(
+        f"registry: {{store: {tmp_path / 'reg'}, name: m}}\ngate:\n  max_regression: {{mmstar_accuracy: 0.05}}\n")
+    args = ["gate", "--metrics", str(tmp_path / "cand" / "metrics.json"), "--reference",
+            str(tmp_path / "base" / "metrics.json"), "-p", str(tmp_path / "params.yaml")]
+    runner = CliRunner()
+    before = runner.invoke(app, [*args, "--out", str(tmp_path / "g1")])
+    assert before.exit_code == 0, before.output  # no production model yet: better than the base
+    assert json.loads((tmp_path / "g1" / "gate.json").read_text())["reference"].startswith("file ")
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    reg = Registry(tmp_path / "reg")
+    reg.register(model, "m", metrics=tmp_path / "prod" / "metrics.json", gate={"passed": True, "checks": []},
+                 data_version="d0", extra_files={"per_item.npz": tmp_path / "prod" / "per_item.npz"},
+                 alias="production")
+    after = runner.invoke(app, [*args, "--out", str(tmp_path / "g2")])
+    assert after.exit_code == 1, after.output  # 0.60 against production's 0.95: a real regression
+    gate = json.loads((tmp_path / "g2" / "gate.json").read_text())
+    assert gate["reference"] == "registry m v1 (production)"
+    check = _check(gate, "mmstar_accuracy", "regression")
+    assert check["reference"] == pytest.approx(0.95) and check["delta_ci"] is not None  # paired, from per_item.npz
+    assert runner.invoke(app, [*args, "--out", str(tmp_path / "g3"), "--no-production"]).exit_code == 0

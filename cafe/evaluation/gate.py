@@ -110,6 +110,24 @@ def load_evaluation(metrics_path: str | Path) -> tuple[dict, PerItem | None]:
     return metrics, PerItem.load(per_item_path) if per_item_path.is_file() else None
 
 
+def production_reference(store: str, name: str, alias: str, dest: str | Path) -> tuple[Path, str] | None:
+    """The registry's ``alias`` version's ``metrics.json`` (and ``per_item.npz`` when it was registered with
+    one), downloaded into ``dest``, with a label naming the version; None while no version has that alias,
+    so that the gate falls back to the base model. An unreachable registry raises: a gate never passes
+    because the production model could not be read."""
+    from cafe.registry import Registry, RegistryError
+
+    registry = Registry(store)
+    try:
+        version = registry.resolve(name, alias)
+    except RegistryError:
+        return None
+    _, files = registry.fetch(name, version, ["metrics.json", "per_item.npz"], dest)
+    if "metrics.json" not in files:
+        raise ValueError(f"{name} v{version} ({alias}) in {store} has no metrics.json to compare against")
+    return files["metrics.json"], f"registry {name} v{version} ({alias})"
+
+
 def write_gate(result: dict, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
