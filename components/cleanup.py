@@ -9,8 +9,9 @@ def cleanup(status: PipelineTaskFinalStatus, train_mode: str, run_id: str, param
     print(f"run {run_id}: {status.state}")
     if train_mode != "cluster" or status.state == "SUCCEEDED":
         return
-    from cafe.cluster.submit import delete_job
+    from cafe.cluster.submit import client_configuration, delete_job
 
     p, _ = stage_params(params_file, overrides)
-    gone = delete_job(name, kind=p.launch.kind, namespace=p.launch.namespace)
+    gone = delete_job(name, kind=p.launch.kind, namespace=p.launch.namespace,
+                      cfg=client_configuration(p.launch.kubeconfig, p.launch.context))
     print(f"{p.launch.kind} {p.launch.namespace}/{name}: {'deleted' if gone else 'already gone'}")

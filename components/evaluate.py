@@ -17,7 +17,7 @@ def evaluate(model: Input[Model], eval_data_uri: str, params_file: str, override
     use_endpoint(s3_endpoint)
     data = localize(eval_data_uri, Path(evaluation.path).parent / "eval-data")
     p, _ = stage_params(params_file, overrides, {"evaluate.data": str(data), "evaluate.report": True})
-    compare = {"reference": reference.path} if reference is not None else {}
+    compare = {"base": reference.path} if reference is not None else {}
     values = run(load_adapter(model.path, p.prompts, p.model, fresh_tuning=False), p.evaluate, p.prompts,
                  evaluation.path, model_path=model.uri, compare=compare)
     log_metrics(metrics, values)
