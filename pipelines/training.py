@@ -66,7 +66,7 @@ def build(image: str, params: Params, params_file: str = "params.yaml"):
             base = dsl.importer(artifact_uri=base_model, artifact_class=dsl.Model, reimport=False,
                                 metadata={"role": "base model"})
             trained = tasks["train"] = ops["train"](
-                pairs=pairs.outputs["pairs"], base_model=base.output, train_mode=train_mode,
+                pairs=pairs.outputs["pairs"], base_model=base_model, train_mode=train_mode,
                 run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, checkpoint_root=checkpoint_root, alpha_lm=alpha_lm,
                 alpha_con=alpha_con, temperature=temperature, epochs=epochs, max_steps=max_steps, image=image,
                 nodes=nodes, gpus_per_node=gpus_per_node, s3_endpoint=s3_endpoint, **common)

@@ -122,7 +122,7 @@ def test_train_component_creates_follows_and_collects_the_pytorchjob(kube_api, p
     pairs = _artifact(dsl.Dataset, tmp_path / "pairs", pairs_file="train.jsonl")
     model = _artifact(dsl.Model, tmp_path / "model")
     kube_api.script = [("Created", "created"), ("Succeeded", "done")]
-    train(pairs=pairs, base_model=dsl.Model(name="base", uri="s3://models/base"), train_mode="cluster",
+    train(pairs=pairs, base_model="s3://models/base", train_mode="cluster",
           run_id=run_id, checkpoint_root=str(tmp_path / "store"), alpha_lm=1.0, alpha_con=5.0, temperature=0.1,
           epochs=2.0, max_steps=0, image=IMAGE, nodes=2, gpus_per_node=4, params_file=str(params_file),
           overrides=overrides, s3_endpoint="", model=model)
@@ -161,7 +161,7 @@ def test_train_component_fails_when_the_job_fails(kube_api, tmp_path):
     params_file = "params.yaml"
     kube_api.script = [("Failed", "worker-0 OOMKilled")]
     with pytest.raises(RuntimeError, match="did not succeed"):
-        train(pairs=_artifact(dsl.Dataset, tmp_path / "pairs"), base_model=dsl.Model(name="b", uri=str(tmp_path)),
+        train(pairs=_artifact(dsl.Dataset, tmp_path / "pairs"), base_model=str(tmp_path),
               train_mode="cluster", run_id="run-2", checkpoint_root=str(tmp_path / "store"), alpha_lm=1.0,
               alpha_con=10.0, temperature=0.05, epochs=1.0, max_steps=0, image=IMAGE, nodes=1, gpus_per_node=1,
               params_file=str(params_file), overrides=[f"launch.kubeconfig={kube_api.kubeconfig}"],
