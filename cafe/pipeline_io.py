@@ -60,13 +60,25 @@ def localize(uri: str, dest: str | Path) -> Path:
     return Path(dest).resolve()
 
 
+def pairs_content_hash(pairs_file: str | Path) -> str:
+    """sha256 over every pair's id, caption and image bytes, in id order: the same data hashes the same
+    wherever its images live (a pipeline artifact, a DVC workspace)."""
+    digest = hashlib.sha256()
+    records = [json.loads(line) for line in Path(pairs_file).read_text().splitlines() if line.strip()]
+    for rec in sorted(records, key=lambda r: str(r["id"])):
+        image = Path(rec["image"]) if Path(rec["image"]).is_absolute() else Path(pairs_file).parent / rec["image"]
+        digest.update(json.dumps([str(rec["id"]), rec["caption"], hashlib.sha256(image.read_bytes()).hexdigest()])
+                      .encode() + b"\n")
+    return digest.hexdigest()
+
+
 def ensure_data_version(pairs_dir: str | Path, pairs_file: str | Path) -> str:
     """The content hash of the training data in ``pairs_dir/data_version.json`` (what the registry records).
-    Written here from the pairs file until the data stage (issue 4) writes it for its shards itself."""
+    Written here from the pairs until the data stage (issue 4) writes it for its shards itself."""
     path = Path(pairs_dir) / DATA_VERSION
     if not path.is_file():
-        digest = hashlib.sha256(Path(pairs_file).read_bytes()).hexdigest()
-        path.write_text(json.dumps({"sha256": digest, "files": [Path(pairs_file).name]}, indent=1))
+        path.write_text(json.dumps({"sha256": pairs_content_hash(pairs_file), "files": [Path(pairs_file).name]},
+                                   indent=1))
     return json.loads(path.read_text())["sha256"]
 
 

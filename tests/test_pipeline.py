@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 
 from cafe.cli import app
 from cafe.config import ConfigError, parse_overrides
-from cafe.pipeline_io import field_overrides, job_name, log_metrics, stage_params, store_uri
+from cafe.pipeline_io import (ensure_data_version, field_overrides, job_name, log_metrics, pairs_content_hash,
+                              stage_params, store_uri)
 from conftest import make_adapter
 from kube_api import kube_api  # noqa: F401  (fixture)
 
@@ -96,6 +97,23 @@ def test_stage_params_order_and_job_names():
     assert stage_params("params.yaml", [], {"launch.name": name})[0].launch.name == name  # a valid job name
     assert store_uri("minio://mlpipeline/v2/artifacts/x") == "s3://mlpipeline/v2/artifacts/x"
     assert field_overrides({"a.b": None, "a.c": 0}) == ["a.c=0"]
+
+
+def test_data_version_depends_on_the_content_not_the_location(tmp_path):
+    def pairs(root: Path, caption: str = "a red circle") -> Path:
+        (root / "img").mkdir(parents=True)
+        for i, data in enumerate((b"png-0", b"png-1")):
+            (root / "img" / f"{i}.png").write_bytes(data)
+        rows = [{"id": "b", "image": str(root / "img" / "1.png"), "caption": "two squares"},
+                {"id": "a", "image": "img/0.png", "caption": caption}]
+        (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return root / "train.jsonl"
+
+    first, moved, changed = pairs(tmp_path / "x"), pairs(tmp_path / "y"), pairs(tmp_path / "z", "a blue circle")
+    assert ensure_data_version(first.parent, first) == pairs_content_hash(moved) != pairs_content_hash(changed)
+    assert json.loads((first.parent / "data_version.json").read_text())["sha256"] == pairs_content_hash(first)
+    (moved.parent / "img" / "0.png").write_bytes(b"other pixels")
+    assert pairs_content_hash(moved) != pairs_content_hash(first)
 
 
 def test_log_metrics_keeps_finite_numbers():
@@ -265,7 +283,11 @@ def test_local_run_registers_when_the_gate_passes_and_not_when_it_fails(params, 
     registry = Registry(tmp_path / "registry")
     (record,) = registry.list("cafe")
     assert record["gate"]["passed"] and registry.aliases("cafe") == {"candidate": 1}
-    assert len(record["data_version"]) == 64 and record["parent"] == params.train.base_model
+    assert record["parent"] == params.train.base_model
+    from cafe.data.repurpose import repurpose  # the same data repurposed outside the pipeline (as `dvc repro` does)
+
+    repurpose(params.repurpose)
+    assert record["data_version"] == pairs_content_hash(params.repurpose.out)
     run_dir = next((tmp_path / "root-pass").iterdir())
     html = (run_dir / "evaluate-2" / "report_html").read_text()
     assert "<html" in html.lower() and "i2t_R@1" in html
