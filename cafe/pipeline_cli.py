@@ -23,28 +23,32 @@ ParamsOpt = typer.Option("params.yaml", "--params", "-p", help="params file: the
 SetOpt = typer.Option(None, "--set", "-s", help="override applied when building (and, for run, by every step)")
 ImageOpt = typer.Option(None, "--image", help="image every step runs, e.g. ghcr.io/org/cafe:TAG (default: launch.image)")
 ArgOpt = typer.Option(None, "--arg", "-a", help="pipeline parameter NAME=VALUE (value as YAML; repeatable)")
+PipelineOpt = typer.Option("training", "--pipeline", help="which pipelines/<name>.py (each has build(image, params, "
+                                                          "params_file))")
 
 
-def project_root() -> Path:
-    """The checkout (or the image's /workspace) holding components/ and pipelines/."""
+def project_root(name: str) -> Path:
+    """The checkout (or the image's /workspace) holding components/ and pipelines/<name>.py."""
     for candidate in (Path.cwd(), Path(__file__).resolve().parents[1]):
-        if (candidate / "pipelines" / "training.py").is_file():
+        if (candidate / "pipelines" / f"{name}.py").is_file():
             return candidate
-    console.print("[red]error[/red]: no pipelines/training.py here; run from the project root")
+    console.print(f"[red]error[/red]: no pipelines/{name}.py here; run from the project root")
     raise typer.Exit(2)
 
 
-def build_pipeline(params_file: str, overrides: Optional[list[str]], image: Optional[str], step_params: str):
-    """The training pipeline for ``image`` with the defaults of the params file (+ overrides)."""
+def build_pipeline(params_file: str, overrides: Optional[list[str]], image: Optional[str], step_params: str,
+                   name: str = "training"):
+    """Pipeline ``name`` for ``image`` with the defaults of the params file (+ overrides)."""
+    import importlib
+
     from cafe.cli import _params
 
-    root = str(project_root())
+    root = str(project_root(name))
     if root not in sys.path:
         sys.path.insert(0, root)
-    from pipelines.training import build
-
     p = _params(params_file, overrides)
-    return build(image or p.launch.image, p, params_file=step_params), p
+    module = importlib.import_module(f"pipelines.{name}")
+    return module.build(image or p.launch.image, p, params_file=step_params), p
 
 
 def parse_args(items: Optional[list[str]]) -> dict:
@@ -78,9 +82,10 @@ def compile_to(pipeline, out: str) -> Path:
 
 @pipeline_app.command("compile")
 def compile_cmd(out: str = typer.Option("pipeline.yaml", "--out", "-o", help="the YAML to upload in the KFP UI"),
-                image: Optional[str] = ImageOpt, params: str = ParamsOpt, set: Optional[list[str]] = SetOpt) -> None:
+                image: Optional[str] = ImageOpt, name: str = PipelineOpt, params: str = ParamsOpt,
+                set: Optional[list[str]] = SetOpt) -> None:
     """Write the pipeline YAML (IR) to upload in the Kubeflow UI or pass to `cafe pipeline submit`."""
-    pipeline, p = build_pipeline(params, set, image, params)
+    pipeline, p = build_pipeline(params, set, image, params, name)
     path = compile_to(pipeline, out)
     console.print(f"pipeline {pipeline.name} (image {image or p.launch.image}) -> {path}")
 
@@ -121,7 +126,7 @@ def submit_cmd(host: str = typer.Option(..., "--host", help="KFP API endpoint, e
                run_name: Optional[str] = typer.Option(None, "--run-name"),
                namespace: Optional[str] = typer.Option(None, "--namespace", help="Kubeflow profile namespace"),
                token: Optional[str] = typer.Option(None, "--token", envvar="KFP_TOKEN", help="bearer token"),
-               image: Optional[str] = ImageOpt, args: Optional[list[str]] = ArgOpt,
+               image: Optional[str] = ImageOpt, args: Optional[list[str]] = ArgOpt, name: str = PipelineOpt,
                params: str = ParamsOpt, set: Optional[list[str]] = SetOpt) -> None:
     """Send the pipeline to a KFP endpoint as a run (compiled from the params file unless --package)."""
     import tempfile
@@ -131,7 +136,7 @@ def submit_cmd(host: str = typer.Option(..., "--host", help="KFP API endpoint, e
     arguments = parse_args(args)
     with tempfile.TemporaryDirectory() as tmp:
         if package is None:
-            pipeline, _ = build_pipeline(params, set, image, params)
+            pipeline, _ = build_pipeline(params, set, image, params, name)
             _check_names(pipeline, arguments)
             package = str(compile_to(pipeline, f"{tmp}/pipeline.yaml"))
         client = kfp.Client(host=host, namespace=namespace, existing_token=token)

@@ -250,6 +250,8 @@ def test_run_needs_local_and_existing_inputs(tmp_path):
     assert CliRunner().invoke(app, ["pipeline", "run"]).exit_code == 2
     result = CliRunner().invoke(app, ["pipeline", "run", "--local", "--arg", f"base_model={tmp_path}/missing"])
     assert result.exit_code == 2 and "does not exist" in result.output
+    missing = CliRunner().invoke(app, ["pipeline", "compile", "--pipeline", "nosuch", "-o", str(tmp_path / "x.yaml")])
+    assert missing.exit_code == 2 and "pipelines/nosuch.py" in missing.output
 
 
 def _tiny_params_file(params, tmp_path: Path) -> Path:
