@@ -16,7 +16,9 @@ def register(model: Input[Model], evaluation: Input[Artifact], gate_result: Inpu
     use_endpoint(s3_endpoint)
     p, _ = stage_params(params_file, overrides, {"registry.store": registry_store, "registry.name": model_name})
     registry = Registry(p.registry.store)
+    per_item = Path(evaluation.path) / "per_item.npz"  # lets a later gate bootstrap against this version
     record = registry.register(model.path, p.registry.name, metrics=Path(evaluation.path) / "metrics.json",
+                               extra_files={"per_item.npz": per_item} if per_item.is_file() else None,
                                gate=Path(gate_result.path) / "gate.json",
                                data_version=resolve_data_version(pairs.path, p.train.data),
                                parent=model.metadata.get("base_model") or p.train.base_model,

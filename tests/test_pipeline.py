@@ -285,6 +285,7 @@ def test_local_run_registers_when_the_gate_passes_and_not_when_it_fails(params, 
     registry = Registry(tmp_path / "registry")
     (record,) = registry.list("cafe")
     assert record["gate"]["passed"] and registry.aliases("cafe") == {"candidate": 1}
+    assert "per_item.npz" in record["files"]
     assert record["parent"] == params.train.base_model
     from cafe.data.repurpose import repurpose  # the same data repurposed outside the pipeline (as `dvc repro` does)
 
