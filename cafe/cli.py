@@ -201,6 +201,10 @@ from cafe.registry_cli import register, registry_app  # noqa: E402
 app.command()(register)
 app.add_typer(registry_app, name="registry")
 
+from cafe.pipeline_cli import pipeline_app  # noqa: E402
+
+app.add_typer(pipeline_app, name="pipeline")
+
 
 @app.command()
 def gate(metrics: str = typer.Option(..., "--metrics", help="the model's metrics.json (per_item.npz beside it is used)"),

@@ -24,6 +24,14 @@ def _load(folder: Path) -> dict:
             "plots": plots}
 
 
+GATE_HEADER = ["metric", "check", "value", "95% CI", "threshold", "result", "message"]
+
+
+def gate_markdown(gate: dict) -> str:
+    """The gate result alone as a Markdown table (the pipeline's gate step shows it)."""
+    return f"# Gate: {'passed' if gate.get('passed') else 'FAILED'}\n\n" + _md_table(GATE_HEADER, _gate_rows(gate))
+
+
 def _gate_rows(gate: dict) -> list[list[str]]:
     rows = []
     for c in gate.get("checks", []):
@@ -67,7 +75,7 @@ def render(runs: dict[str, dict], title: str) -> tuple[str, str]:
     sections = [("Metrics", header, rows, note)]
     if subject["gate"]:
         verdict = "PASSED" if subject["gate"].get("passed") else "FAILED"
-        sections.append((f"Gate: {verdict}", ["metric", "check", "value", "95% CI", "threshold", "result", "message"],
+        sections.append((f"Gate: {verdict}", GATE_HEADER,
                          _gate_rows(subject["gate"]), ""))
     if _class_rows(subject["details"]):
         sections.append(("THRONE class-wise", ["class", "precision", "recall", "F1", "F0.5", "support"],

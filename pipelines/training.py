@@ -1,0 +1,94 @@
+"""The training pipeline: repurpose -> train -> evaluate (against the base model) -> gate -> register, the
+last only when the gate passes; an exit handler deletes the run's PyTorchJob when the run fails or is
+cancelled.
+
+``build(image, params)`` fixes the image every step runs in (KFP takes a component's image when compiling)
+and takes the UI parameters' defaults from ``params``; the same image is a run parameter for the PyTorchJob.
+"""
+
+
+from kfp import dsl, kubernetes
+
+from cafe.cluster.jobs import S3_SECRET_KEYS
+from cafe.config import Params
+from components import component
+from components.cleanup import cleanup
+from components.evaluate import evaluate
+from components.gate import gate
+from components.register import register
+from components.repurpose import repurpose
+from components.train import train
+
+NAME = "cafe-training"
+# deterministic steps are cached (same inputs -> reuse the outputs); training and registering are not
+CACHED = {"repurpose": True, "train": False, "evaluate": True, "gate": True, "register": False, "cleanup": False}
+STORE_STEPS = ("repurpose", "train", "evaluate", "register")  # these read or write s3:// URIs
+
+
+def _with_store(task, secret) -> None:
+    """Object-store credentials from the Kubernetes Secret the manifests create (cafe-s3-credentials)."""
+    kubernetes.use_secret_as_env(task, secret_name=secret, secret_key_to_env={k: k for k in S3_SECRET_KEYS})
+
+
+def _on_gpu_nodes(task, params: Params) -> None:
+    """The train step runs where the GPU jobs run (launch.node_selector / launch.tolerations)."""
+    for key, value in params.launch.node_selector.items():
+        kubernetes.add_node_selector(task, label_key=key, label_value=value)
+    for t in params.launch.tolerations:
+        kubernetes.add_toleration(task, **t.model_dump(exclude_none=True))
+
+
+def build(image: str, params: Params, params_file: str = "params.yaml"):
+    """The pipeline with every step in ``image`` and the defaults of ``params`` (``params_file`` is the path
+    the steps read: inside the image, or any path for a local run)."""
+    ops = {f.__name__: component(f, image) for f in (repurpose, train, evaluate, gate, register, cleanup)}
+    obj, la = params.train.objective, params.launch
+
+    @dsl.pipeline(name=NAME, description="CAFe fine-tuning: repurpose, train (PyTorchJob), evaluate, gate, "
+                                         "register when the gate passes.")
+    def training(data_uri: str = params.repurpose.image_root, eval_data_uri: str = params.evaluate.data,
+                 base_model: str = params.train.base_model, alpha_lm: float = obj.alpha_lm,
+                 alpha_con: float = obj.alpha_con, temperature: float = obj.temperature,
+                 epochs: float = params.train.epochs, max_steps: int = params.train.max_steps,
+                 train_mode: str = "cluster", image: str = image, nodes: int = la.nodes,
+                 gpus_per_node: int = la.gpus_per_node, gate_floors: dict = dict(params.gate.floors),
+                 gate_max_regression: dict = dict(params.gate.max_regression),
+                 checkpoint_root: str = params.train.checkpoint_store or "runs/pipeline",
+                 registry_store: str = params.registry.store, model_name: str = params.registry.name,
+                 s3_endpoint: str = la.s3_endpoint, s3_secret: str = la.secret,
+                 params_file: str = params_file, overrides: list = []):  # noqa: B006 - KFP reads the default
+        common = dict(params_file=params_file, overrides=overrides)
+        tasks = {}
+        exit_task = ops["cleanup"](train_mode=train_mode, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, **common)
+        tasks["cleanup"] = exit_task
+        with dsl.ExitHandler(exit_task, name="delete-job-on-failure"):
+            pairs = tasks["repurpose"] = ops["repurpose"](data_uri=data_uri, s3_endpoint=s3_endpoint, **common)
+            base = dsl.importer(artifact_uri=base_model, artifact_class=dsl.Model, reimport=False,
+                                metadata={"role": "base model"})
+            trained = tasks["train"] = ops["train"](
+                pairs=pairs.outputs["pairs"], base_model=base_model, train_mode=train_mode,
+                run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, checkpoint_root=checkpoint_root, alpha_lm=alpha_lm,
+                alpha_con=alpha_con, temperature=temperature, epochs=epochs, max_steps=max_steps, image=image,
+                nodes=nodes, gpus_per_node=gpus_per_node, s3_endpoint=s3_endpoint, **common)
+            _on_gpu_nodes(trained, params)
+            base_eval = ops["evaluate"](model=base.output, eval_data_uri=eval_data_uri, s3_endpoint=s3_endpoint,
+                                        **common).set_display_name("evaluate-base")
+            model_eval = tasks["evaluate"] = ops["evaluate"](
+                model=trained.outputs["model"], eval_data_uri=eval_data_uri, s3_endpoint=s3_endpoint,
+                reference=base_eval.outputs["evaluation"], **common).set_display_name("evaluate-cafe")
+            verdict = tasks["gate"] = ops["gate"](
+                evaluation=model_eval.outputs["evaluation"], reference=base_eval.outputs["evaluation"],
+                gate_floors=gate_floors, gate_max_regression=gate_max_regression, **common)
+            with dsl.If(verdict.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 - a KFP condition
+                tasks["register"] = ops["register"](
+                    model=trained.outputs["model"], evaluation=model_eval.outputs["evaluation"],
+                    gate_result=verdict.outputs["result"], pairs=pairs.outputs["pairs"],
+                    registry_store=registry_store, model_name=model_name, s3_endpoint=s3_endpoint, **common)
+        for name, task in tasks.items():
+            task.set_caching_options(CACHED[name])
+            if name in STORE_STEPS:
+                _with_store(task, s3_secret)
+        base_eval.set_caching_options(CACHED["evaluate"])
+        _with_store(base_eval, s3_secret)
+
+    return training
