@@ -20,9 +20,10 @@ from components.repurpose import repurpose
 from components.train import train
 
 NAME = "cafe-training"
-# deterministic steps are cached (same inputs -> reuse the outputs); training and registering are not
-CACHED = {"repurpose": True, "train": False, "evaluate": True, "gate": True, "register": False, "cleanup": False}
-STORE_STEPS = ("repurpose", "train", "evaluate", "register")  # these read or write s3:// URIs
+# deterministic steps are cached (same inputs -> reuse the outputs); training and registering are not, nor is
+# the gate, whose reference (the registry's production version) can change between runs with the same inputs
+CACHED = {"repurpose": True, "train": False, "evaluate": True, "gate": False, "register": False, "cleanup": False}
+STORE_STEPS = ("repurpose", "train", "evaluate", "gate", "register")  # these read or write s3:// URIs
 
 
 def _with_store(task, secret) -> None:
@@ -78,7 +79,8 @@ def build(image: str, params: Params, params_file: str = "params.yaml"):
                 reference=base_eval.outputs["evaluation"], **common).set_display_name("evaluate-cafe")
             verdict = tasks["gate"] = ops["gate"](
                 evaluation=model_eval.outputs["evaluation"], reference=base_eval.outputs["evaluation"],
-                gate_floors=gate_floors, gate_max_regression=gate_max_regression, **common)
+                gate_floors=gate_floors, gate_max_regression=gate_max_regression, registry_store=registry_store,
+                model_name=model_name, s3_endpoint=s3_endpoint, **common)
             with dsl.If(verdict.outputs["Output"] == True, name="gate-passed"):  # noqa: E712 - a KFP condition
                 tasks["register"] = ops["register"](
                     model=trained.outputs["model"], evaluation=model_eval.outputs["evaluation"],
