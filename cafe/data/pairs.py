@@ -1,0 +1,81 @@
+"""Training reads the repurposed shards: a map-style dataset of ``(Sample, RGB image)`` items over one split,
+so the global batch sampler decides, by seed and step, which rows each rank and loader worker reads."""
+
+from __future__ import annotations
+
+import bisect
+import io
+from collections import OrderedDict
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from PIL import Image
+from torch.utils.data import Dataset
+
+from cafe.data.samples import Sample
+from cafe.data.shards import read_data_version
+
+
+class ShardDataset(Dataset):
+    """Map-style dataset over one split of the shards: ``(Sample, RGB image)`` items like
+    :class:`~cafe.data.samples.SampleDataset`. Only the footers are read up front; an item reads its row
+    group (a few are cached per process), so loader workers that take whole batches read disjoint rows.
+
+    ``captions="single"``: the long caption is both the answer (L_lm) and the contrastive text (the paper);
+    ``"short_long"``: the short caption goes to L_con and the long one to L_lm (VladVA).
+    """
+
+    def __init__(self, folder: str | Path, split: str = "train", prompt: str = "Describe the image briefly.",
+                 captions: str = "single", cache_row_groups: int = 4):
+        if captions not in ("single", "short_long"):
+            raise ValueError(f"captions must be 'single' or 'short_long', got {captions!r}")
+        self.folder, self.split, self.prompt, self.captions = Path(folder), split, prompt, captions
+        self.version = read_data_version(self.folder)
+        self._groups: list[tuple[str, int]] = []
+        self._starts: list[int] = []
+        total = 0
+        for path in sorted((self.folder / split).glob("*.parquet")):
+            meta = pq.ParquetFile(path).metadata
+            for g in range(meta.num_row_groups):
+                self._groups.append((str(path), g))
+                self._starts.append(total)
+                total += meta.row_group(g).num_rows
+        self._len = total
+        self._cache_size = cache_row_groups
+        self._cache: OrderedDict[int, dict] = OrderedDict()
+
+    def __len__(self) -> int:
+        return self._len
+
+    def _group(self, index: int) -> dict:
+        if index in self._cache:
+            self._cache.move_to_end(index)
+            return self._cache[index]
+        path, g = self._groups[index]
+        columns = pq.ParquetFile(path).read_row_group(g).to_pydict()
+        self._cache[index] = columns
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return columns
+
+    def __getitem__(self, index: int) -> tuple[Sample, Image.Image]:
+        if not 0 <= index < self._len:
+            raise IndexError(f"index {index} out of range for {self._len} {self.split} pairs")
+        g = bisect.bisect_right(self._starts, index) - 1
+        cols, row = self._group(g), index - self._starts[g]
+        long, short = cols["long_caption"][row], cols["short_caption"][row]
+        sample = Sample(id=cols["id"][row], image=f"{self._groups[g][0]}#{g}:{row}", prompt=self.prompt,
+                        answer=long, caption=short if self.captions == "short_long" else long)
+        with Image.open(io.BytesIO(cols["image"][row])) as img:
+            return sample, img.convert("RGB")
+
+    def __getstate__(self) -> dict:  # loader workers start with an empty cache
+        return {**self.__dict__, "_cache": OrderedDict()}
+
+
+def pairs_dataset(params, split: str = "train") -> ShardDataset:
+    """The training pairs ``params.train.data`` names, with the configured caption prompt and switch."""
+    return ShardDataset(params.train.data, split, params.prompts.caption, params.train.captions)
+
+
+
