@@ -8,10 +8,9 @@ import re
 from cafe.config import ShortCaptionConfig
 
 # image placeholders, chat-template tokens and role prefixes that leak into published answers
-_DEBRIS = re.compile(
-    r"<image>|<video>|<\|im_(?:start|end)\|>|<\|endoftext\|>|<\|eot_id\|>|</?s>|\[/?INST\]"
-    r"|^\s*(?:assistant|gpt|###\s*(?:assistant|response))\s*:\s*",
-    re.IGNORECASE | re.MULTILINE)
+_TOKENS = re.compile(r"<image>|<video>|<\|im_(?:start|end)\|>|<\|endoftext\|>|<\|eot_id\|>|</?s>|\[/?INST\]",
+                     re.IGNORECASE)
+_ROLE = re.compile(r"^\s*(?:assistant|gpt|###\s*(?:assistant|response))\s*:\s*", re.IGNORECASE | re.MULTILINE)
 # a sentence ends at . ! ? followed by the end or a space and a capital/digit (so "e.g. a" does not cut)
 _SENTENCE_END = re.compile(r"[.!?](?=\s+[A-Z0-9\"'(]|\s*$)")
 _WORDS = re.compile(r"\w")
@@ -19,7 +18,7 @@ _WORDS = re.compile(r"\w")
 
 def clean_answer(text: str) -> str:
     """The answer without placeholders and chat debris, whitespace collapsed."""
-    return " ".join(_DEBRIS.sub(" ", text).split())
+    return " ".join(_ROLE.sub(" ", _TOKENS.sub("\n", text)).split())
 
 
 def usable(text: str) -> bool:
