@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
+from cafe.data.pairs import ShardDataset
 from cafe.data.samples import GlobalBatchSampler, collate
 from cafe.registry_cli import resolve_data_version
 from cafe.training.step import loss_terms
@@ -79,3 +81,18 @@ def test_shard_dataset_items_and_data_version(params):
     assert not {i for x in a for i in x} & {i for x in b for i in x}
     ids = [data[i][0].id for batch in a for i in batch]
     assert len(set(ids)) == len(ids)
+
+
+def test_shard_dataset_reads_the_same_items_from_s3(params, s3_server):
+    local = pairs(params)
+    bucket, client = s3_server.make_bucket(), s3_server.client()
+    folder = Path(params.repurpose.out)
+    for path in folder.rglob("*"):
+        if path.is_file():
+            client.fput_object(bucket, f"pairs/{path.relative_to(folder)}", str(path))
+    remote = ShardDataset(f"s3://{bucket}/pairs", "train", params.prompts.caption)
+    assert len(remote) == len(local) and remote.version == local.version
+    assert resolve_data_version(None, f"s3://{bucket}/pairs") == local.version
+    for i in (0, len(local) - 1):
+        (a, img_a), (b, img_b) = local[i], remote[i]
+        assert (a.id, a.caption) == (b.id, b.caption) and img_a.tobytes() == img_b.tobytes()

@@ -1,5 +1,7 @@
 """Training reads the repurposed shards: a map-style dataset of ``(Sample, RGB image)`` items over one split,
-so the global batch sampler decides, by seed and step, which rows each rank and loader worker reads."""
+so the global batch sampler decides, by seed and step, which rows each rank and loader worker reads. The
+shards folder is a local path or ``s3://bucket/prefix`` (MinIO/S3; endpoint and credentials as for the
+registry: CAFE_S3_ENDPOINT, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), read through pyarrow's filesystems."""
 
 from __future__ import annotations
 
@@ -8,12 +10,13 @@ import io
 from collections import OrderedDict
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from PIL import Image
 from torch.utils.data import Dataset
 
 from cafe.data.samples import Sample
-from cafe.data.shards import read_data_version
+from cafe.data.shards import filesystem, read_data_version
 
 
 class ShardDataset(Dataset):
@@ -29,13 +32,15 @@ class ShardDataset(Dataset):
                  captions: str = "single", cache_row_groups: int = 4):
         if captions not in ("single", "short_long"):
             raise ValueError(f"captions must be 'single' or 'short_long', got {captions!r}")
-        self.folder, self.split, self.prompt, self.captions = Path(folder), split, prompt, captions
+        self.folder, self.split, self.prompt, self.captions = str(folder), split, prompt, captions
         self.version = read_data_version(self.folder)
+        self._fs, root = filesystem(self.folder)
         self._groups: list[tuple[str, int]] = []
         self._starts: list[int] = []
         total = 0
-        for path in sorted((self.folder / split).glob("*.parquet")):
-            meta = pq.ParquetFile(path).metadata
+        infos = self._fs.get_file_info(pafs.FileSelector(f"{root}/{split}", allow_not_found=True))
+        for path in sorted(i.path for i in infos if i.path.endswith(".parquet")):
+            meta = pq.ParquetFile(self._fs.open_input_file(path)).metadata
             for g in range(meta.num_row_groups):
                 self._groups.append((str(path), g))
                 self._starts.append(total)
@@ -52,7 +57,10 @@ class ShardDataset(Dataset):
             self._cache.move_to_end(index)
             return self._cache[index]
         path, g = self._groups[index]
-        columns = pq.ParquetFile(path).read_row_group(g).to_pydict()
+        if self._fs is None:  # in a loader worker
+            self._fs = filesystem(self.folder)[0]
+        with self._fs.open_input_file(path) as fh:
+            columns = pq.ParquetFile(fh).read_row_group(g).to_pydict()
         self._cache[index] = columns
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
@@ -70,7 +78,7 @@ class ShardDataset(Dataset):
             return sample, img.convert("RGB")
 
     def __getstate__(self) -> dict:  # loader workers start with an empty cache
-        return {**self.__dict__, "_cache": OrderedDict()}
+        return {**self.__dict__, "_cache": OrderedDict(), "_fs": None}
 
 
 def pairs_dataset(params, split: str = "train") -> ShardDataset:

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 DATA_VERSION = "data_version.json"
@@ -99,14 +101,35 @@ def write_data_version(folder: str | Path) -> dict:
     return version
 
 
+def filesystem(folder: str) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem and the path inside it for a local folder or an ``s3://`` URI."""
+    if not folder.startswith("s3://"):
+        return pafs.LocalFileSystem(), os.path.abspath(folder)
+    from cafe.storage_s3 import _endpoint_from_env
+
+    host, secure = _endpoint_from_env()
+    fs = pafs.S3FileSystem(access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
+                           secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
+                           region=os.environ.get("AWS_REGION", "us-east-1"), endpoint_override=host,
+                           scheme="https" if secure else "http")
+    return fs, folder.removeprefix("s3://").rstrip("/")
+
+
 def read_data_version(folder: str | Path) -> str:
-    """The shards' content hash from ``data_version.json`` in ``folder`` (or that file itself)."""
-    path = Path(folder)
-    path = path / DATA_VERSION if path.is_dir() else path
+    """The shards' content hash from ``data_version.json`` in ``folder`` (a local folder, that file itself,
+    or an ``s3://`` URI of the folder)."""
+    folder = str(folder)
+    if not folder.startswith("s3://") and Path(folder).is_file():
+        folder, name = str(Path(folder).parent), Path(folder).name
+    else:
+        name = DATA_VERSION
+    fs, root = filesystem(folder)
+    where = f"{folder.rstrip('/')}/{name}"
     try:
-        return str(json.loads(path.read_text())["sha256"])
+        with fs.open_input_stream(f"{root}/{name}") as fh:
+            return str(json.loads(fh.read())["sha256"])
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path} is missing: run `cafe repurpose` (it is written only when the stage "
+        raise FileNotFoundError(f"{where} is missing: run `cafe repurpose` (it is written only when the stage "
                                 "succeeds)") from None
     except (json.JSONDecodeError, KeyError, TypeError):
-        raise ValueError(f"{path}: expected a JSON object with a 'sha256' field") from None
+        raise ValueError(f"{where}: expected a JSON object with a 'sha256' field") from None
