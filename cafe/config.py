@@ -213,7 +213,8 @@ class RepurposeConfig(_Section):
     val_fraction: float = Field(0.01, ge=0, lt=1)
     records_per_shard: int = Field(10_000, ge=1)
     max_shard_bytes: int = Field(512 * 2**20, ge=1)  # a shard also ends when its images reach this size
-    row_group_rows: int = Field(256, ge=1)  # the unit training reads at once
+    # the unit training reads at once: one random item costs one row group, so keep it small for large images
+    row_group_rows: int = Field(32, ge=1)
     short_caption: ShortCaptionConfig = Field(default_factory=ShortCaptionConfig)
     images: ImageRulesConfig = Field(default_factory=ImageRulesConfig)
     near_duplicates: bool = False  # also drop images within ``near_duplicate_distance`` of a kept one (pHash)

@@ -96,3 +96,14 @@ def test_shard_dataset_reads_the_same_items_from_s3(params, s3_server):
     for i in (0, len(local) - 1):
         (a, img_a), (b, img_b) = local[i], remote[i]
         assert (a.id, a.caption) == (b.id, b.caption) and img_a.tobytes() == img_b.tobytes()
+
+
+def test_loader_workers_read_whole_batches_from_the_shards(params):
+    from torch.utils.data import DataLoader
+
+    params.repurpose.row_group_rows = 16  # many row groups: workers open the shards themselves
+    data = pairs(params)
+    sampler = GlobalBatchSampler(len(data), 8, seed=2, total_steps=4)
+    loader = DataLoader(data, batch_sampler=sampler, collate_fn=collate, num_workers=2)
+    got = [batch["ids"] for batch in loader]
+    assert got == [[data[i][0].id for i in idx] for idx in sampler]

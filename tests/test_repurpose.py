@@ -129,9 +129,13 @@ def broken(tmp_path):
     return tmp_path
 
 
-def test_every_rule_on_real_broken_files(broken):
+def test_every_rule_on_real_broken_files(broken, monkeypatch):
+    read = []
+    original = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: read.append(self.name) or original(self))
     cfg = _cfg(broken)
     stats = repurpose(cfg)
+    assert read and not {"root-outside.png", "escape_link.png", "hostname"} & set(read)  # escapes never opened
     quarantine = [json.loads(line) for line in (broken / "pairs" / "quarantine.jsonl").read_text().splitlines()]
     got = {int(q["location"].rsplit(":", 1)[1]): q["reason"] for q in quarantine}
     assert got == EXPECTED_REASONS

@@ -117,7 +117,10 @@ def clean_image(rules: ImageRulesConfig, *, data: bytes | None = None, root: str
     img = _open(data, rules)
     orientation = img.getexif().get(_ORIENTATION, 1)
     fmt, mode = img.format, img.mode
-    rgb = to_rgb(ImageOps.exif_transpose(img) if orientation != 1 else img)
+    try:
+        rgb = to_rgb(ImageOps.exif_transpose(img) if orientation != 1 else img)
+    except Exception as err:  # noqa: BLE001 - an exotic mode or a broken EXIF block
+        raise ImageRejected("image_corrupt", f"cannot convert mode {mode} to RGB: {err}") from None
     if not (fmt in _KEEP_AS_IS and mode == "RGB" and orientation == 1):
         buf = io.BytesIO()
         rgb.save(buf, "PNG")
