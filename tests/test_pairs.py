@@ -31,12 +31,11 @@ def two_caption_params(params, world, tmp_path):
     return params
 
 
-def _routed(params, captions: str) -> tuple[list[str], list[str]]:
+def _routed(params, adapter, captions: str) -> tuple[list[str], list[str]]:
     """The texts the contrastive loss embedded and the answers the language loss was trained on."""
     params.train.captions = captions
     data = pairs(params)
     batch = collate([data[i] for i in range(4)])
-    adapter = make_adapter(params)
     seen = {"con": [], "lm": []}
     text_embed, lm_inputs = adapter.text_embed_inputs, adapter.lm_inputs
 
@@ -49,19 +48,23 @@ def _routed(params, captions: str) -> tuple[list[str], list[str]]:
         return lm_inputs(images, prompts, answers)
 
     adapter.text_embed_inputs, adapter.lm_inputs = spy_text, spy_lm
-    for run in loss_terms(adapter, batch, params.train).values():
-        run()
+    try:
+        for run in loss_terms(adapter, batch, params.train).values():
+            run()
+    finally:
+        adapter.text_embed_inputs, adapter.lm_inputs = text_embed, lm_inputs
     return seen["con"], seen["lm"]
 
 
 def test_caption_switch_routes_short_to_contrastive_and_long_to_language(two_caption_params):
-    con, lm = _routed(two_caption_params, "short_long")
+    adapter = make_adapter(two_caption_params)
+    con, lm = _routed(two_caption_params, adapter, "short_long")
     assert len(con) == len(lm) == 4
     assert all(c.endswith("background.") and c.startswith("A ") for c in con)
     assert all(a.endswith("no shadow.") for a in lm)
     assert [c.split(" on ")[0] for c in con] == [a.split(" on ")[0] for a in lm]  # same records, in order
 
-    con, lm = _routed(two_caption_params, "single")
+    con, lm = _routed(two_caption_params, adapter, "single")
     assert con == lm and all(c.endswith("no shadow.") for c in con)
 
 
