@@ -22,14 +22,15 @@ from cafe.data.shards import filesystem, read_data_version
 class ShardDataset(Dataset):
     """Map-style dataset over one split of the shards: ``(Sample, RGB image)`` items like
     :class:`~cafe.data.samples.SampleDataset`. Only the footers are read up front; an item reads its row
-    group (a few are cached per process), so loader workers that take whole batches read disjoint rows.
+    group (the most recent ones are kept, up to ``cache_mb`` of images per process), so loader workers that
+    take whole batches read disjoint rows; a split smaller than the cache is read once.
 
     ``captions="single"``: the long caption is both the answer (L_lm) and the contrastive text (the paper);
     ``"short_long"``: the short caption goes to L_con and the long one to L_lm (VladVA).
     """
 
     def __init__(self, folder: str | Path, split: str = "train", prompt: str = "Describe the image briefly.",
-                 captions: str = "single", cache_row_groups: int = 4):
+                 captions: str = "single", cache_mb: float = 256):
         if captions not in ("single", "short_long"):
             raise ValueError(f"captions must be 'single' or 'short_long', got {captions!r}")
         self.folder, self.split, self.prompt, self.captions = str(folder), split, prompt, captions
@@ -46,8 +47,8 @@ class ShardDataset(Dataset):
                 self._starts.append(total)
                 total += meta.row_group(g).num_rows
         self._len = total
-        self._cache_size = cache_row_groups
-        self._cache: OrderedDict[int, dict] = OrderedDict()
+        self._cache_limit, self._cached_bytes = cache_mb * 2**20, 0
+        self._cache: OrderedDict[int, tuple[dict, int]] = OrderedDict()
 
     def __len__(self) -> int:
         return self._len
@@ -55,15 +56,17 @@ class ShardDataset(Dataset):
     def _group(self, index: int) -> dict:
         if index in self._cache:
             self._cache.move_to_end(index)
-            return self._cache[index]
+            return self._cache[index][0]
         path, g = self._groups[index]
         if self._fs is None:  # in a loader worker
             self._fs = filesystem(self.folder)[0]
         with self._fs.open_input_file(path) as fh:
             columns = pq.ParquetFile(fh).read_row_group(g).to_pydict()
-        self._cache[index] = columns
-        while len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+        size = sum(len(b) for b in columns["image"])
+        self._cache[index] = (columns, size)
+        self._cached_bytes += size
+        while self._cached_bytes > self._cache_limit and len(self._cache) > 1:
+            self._cached_bytes -= self._cache.popitem(last=False)[1][1]
         return columns
 
     def __getitem__(self, index: int) -> tuple[Sample, Image.Image]:
@@ -78,7 +81,7 @@ class ShardDataset(Dataset):
             return sample, img.convert("RGB")
 
     def __getstate__(self) -> dict:  # loader workers start with an empty cache
-        return {**self.__dict__, "_cache": OrderedDict(), "_fs": None}
+        return {**self.__dict__, "_cache": OrderedDict(), "_cached_bytes": 0, "_fs": None}
 
 
 def pairs_dataset(params, split: str = "train") -> ShardDataset:
