@@ -50,7 +50,7 @@ def _world_overrides(work: Path) -> list[str]:
     shapes = work / "shapes"
     return [f"synth.out={shapes}", "synth.train_images=800", "synth.retrieval_images=120", "synth.probe_images=40",
             f"repurpose.input={shapes}/train/instructions.json", f"repurpose.image_root={shapes}/train",
-            f"repurpose.out={work}/pairs.jsonl", f"train.data={work}/pairs.jsonl", f"evaluate.data={shapes}/eval",
+            f"repurpose.out={work}/pairs", f"train.data={work}/pairs", f"evaluate.data={shapes}/eval",
             f"pretrain.data={shapes}/train/instructions.json"]
 
 
@@ -83,7 +83,7 @@ def prepare(args, console: Console) -> str:
 def one_run(args) -> None:
     """Train and evaluate one configuration in this process; print its result as JSON on the last line."""
     from cafe.config import load_params
-    from cafe.data.samples import load_pair_samples
+    from cafe.data.pairs import pairs_dataset
     from cafe.distributed import DistEnv
     from cafe.evaluation.evaluate import evaluate
     from cafe.models import load_adapter
@@ -97,7 +97,7 @@ def one_run(args) -> None:
     p = load_params(args.params, _world_overrides(work) + spec["overrides"] + [
         f"train.output={out}", f"train.max_steps={args.steps}", f"train.batch_size={args.batch_size}",
         f"train.optim.lr={spec['lr']}", f"train.optim.lr_vision={spec['lr_vision']}", "train.save_every=0"])
-    samples = load_pair_samples(p.train.data, p.prompts.caption)
+    samples = pairs_dataset(p)
     adapter = load_adapter(args.base_path, p.prompts, p.model)
     trainable = sum(x.numel() for x in adapter.model.parameters() if x.requires_grad)
     total = sum(x.numel() for x in adapter.model.parameters())

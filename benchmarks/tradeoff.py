@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cafe.config import load_params
-from cafe.data.samples import load_pair_samples
+from cafe.data.pairs import pairs_dataset
 from cafe.distributed import DistEnv
 from cafe.evaluation.evaluate import evaluate
 from cafe.models import load_adapter
@@ -46,7 +46,7 @@ def main() -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
     base = load_params(args.params)
-    samples = load_pair_samples(base.train.data, base.prompts.caption)
+    samples = pairs_dataset(base)
     results = []
     for label, a_lm, a_con in RUNS:
         p = load_params(args.params, [f"train.objective.alpha_lm={a_lm}", f"train.objective.alpha_con={a_con}",

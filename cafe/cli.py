@@ -49,12 +49,18 @@ def synth(params: str = ParamsOpt, set: Optional[list[str]] = SetOpt) -> None:
 
 @app.command()
 def repurpose(params: str = ParamsOpt, set: Optional[list[str]] = SetOpt) -> None:
-    """Instruction records -> (image, caption) pairs."""
-    from cafe.data.repurpose import repurpose as run
+    """Instruction data (a mixture of JSON/JSONL/Parquet sources) -> Parquet shards of (image, short
+    caption, long caption), stats.json, quarantine.jsonl and data_version.json. Exit 1 when the quarantine
+    share is above repurpose.max_quarantine_share or the input cannot be read."""
+    from cafe.data.repurpose import RepurposeError, print_summary, repurpose as run
 
     p = _params(params, set)
-    counts = run(p.repurpose)
-    console.print(f"pairs -> {p.repurpose.out}: {counts}")
+    try:
+        stats = run(p.repurpose)
+    except RepurposeError as err:
+        console.print(f"[red]repurpose failed[/red]: {err}")
+        raise typer.Exit(1) from None
+    print_summary(stats, p.repurpose.out, console)
 
 
 @app.command()
@@ -75,15 +81,14 @@ def pretrain(params: str = ParamsOpt, set: Optional[list[str]] = SetOpt,
 def train(params: str = ParamsOpt, set: Optional[list[str]] = SetOpt,
           resume: bool = typer.Option(True, help="continue from the newest complete checkpoint")) -> None:
     """CAFe fine-tuning: alpha_lm * L_lm + alpha_con * L_con. Runs alone or under torchrun."""
-    from cafe.data.samples import load_pair_samples
+    from cafe.data.pairs import pairs_dataset
     from cafe.distributed import cleanup, init_distributed
     from cafe.training.trainer import Trainer
 
     _quiet_libraries()
     p = _params(params, set)
     dist = init_distributed(p.train.backend)
-    samples = load_pair_samples(p.train.data, p.prompts.caption)
-    out = Trainer(p.train, p, dist).fit(samples, p.train.base_model, resume=resume)
+    out = Trainer(p.train, p, dist).fit(pairs_dataset(p), p.train.base_model, resume=resume)
     if dist.is_main:
         console.print(f"fine-tuned model -> {out}")
     cleanup()

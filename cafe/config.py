@@ -133,7 +133,10 @@ class OptimConfig(_Section):
 class TrainConfig(_Section):
     """`cafe train` (CAFe fine-tuning) and, with alpha_con = 0, `cafe pretrain`."""
 
-    data: str = "data/pairs/train.jsonl"
+    data: str = "data/pairs"  # the repurpose stage's output folder (Parquet shards)
+    # "single": the paper's one caption for both losses; "short_long": the short caption for L_con and the
+    # long caption for L_lm (VladVA)
+    captions: Literal["single", "short_long"] = "single"
     base_model: str = "models/base"
     output: str = "runs/cafe"
     epochs: float = 1.0
@@ -171,13 +174,53 @@ class PretrainConfig(_Section):
     save_every: int = 250  # steps; a long pretraining keeps its progress
 
 
-class RepurposeConfig(_Section):
-    """Instruction records -> (image, caption) pairs (paper section 4.1)."""
+class SourceConfig(_Section):
+    """One input of a data mixture: LLaVA-OneVision records in JSON, JSON lines or Parquet (image bytes)."""
 
+    name: str
+    paths: list[str]  # files or glob patterns; the format comes from the suffix (.json, .jsonl, .parquet)
+    image_root: str = ""  # images named by relative path are looked up here (never outside it)
+    weight: float = Field(1.0, gt=0, le=1)  # keep this fraction, chosen by a stable hash of the record id
+    count: int = Field(0, ge=0)  # > 0: at most this many records of the kept kinds, in file order
+    keep_kinds: list[str] = Field(default_factory=list)  # empty: all; records without a ``kind`` always pass
+
+
+class ShortCaptionConfig(_Section):
+    """How the short (contrastive) caption is cut from the long one (VladVA: short for L_con, long for L_lm)."""
+
+    rule: Literal["first_sentence", "max_words", "full"] = "first_sentence"
+    max_words: int = Field(32, ge=1)  # applied after every rule
+
+
+class ImageRulesConfig(_Section):
+    """Images that are refused (quarantined) rather than trained on."""
+
+    max_pixels: int = Field(64_000_000, ge=1)  # width x height in the header; above: a decompression bomb
+    max_side: int = Field(16384, ge=1)
+    min_side: int = Field(8, ge=1)
+    max_file_bytes: int = Field(64 * 2**20, ge=1)
+
+
+class RepurposeConfig(_Section):
+    """Instruction records -> (image, short caption, long caption) Parquet shards (paper section 4.1)."""
+
+    mixture: str = ""  # a YAML file with ``sources:`` (a list of SourceConfig); empty: the one source below
     input: str = "data/shapes/train/instructions.json"
     image_root: str = "data/shapes/train"
-    out: str = "data/pairs/train.jsonl"
     keep_kinds: list[str] = Field(default_factory=lambda: ["brief"])
+    out: str = "data/pairs"
+    workers: int = Field(0, ge=0)  # 0: every core
+    val_fraction: float = Field(0.01, ge=0, lt=1)
+    records_per_shard: int = Field(10_000, ge=1)
+    max_shard_bytes: int = Field(512 * 2**20, ge=1)  # a shard also ends when its images reach this size
+    # the unit training reads at once: one random item costs one row group, so keep it small for large images
+    row_group_rows: int = Field(32, ge=1)
+    short_caption: ShortCaptionConfig = Field(default_factory=ShortCaptionConfig)
+    images: ImageRulesConfig = Field(default_factory=ImageRulesConfig)
+    near_duplicates: bool = False  # also drop images within ``near_duplicate_distance`` of a kept one (pHash)
+    near_duplicate_distance: int = Field(2, ge=0, le=3)
+    max_quarantine_share: float = Field(0.05, ge=0, le=1)  # of the records not filtered out; above: exit 1
+    progress: bool = True
 
 
 EVAL_PARTS = ("retrieval", "captions", "pope", "throne", "sugarcrepe", "mmstar", "geometry")

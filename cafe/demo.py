@@ -24,7 +24,7 @@ def run(params: Params, console: Console) -> bool:
     """Run every stage; returns whether the fine-tuned model met the demo's targets."""
     from cafe.data import shapes
     from cafe.data.repurpose import repurpose
-    from cafe.data.samples import load_pair_samples
+    from cafe.data.pairs import pairs_dataset
     from cafe.distributed import init_distributed
     from cafe.evaluation.evaluate import evaluate
     from cafe.evaluation.report import write_report
@@ -40,7 +40,13 @@ def run(params: Params, console: Console) -> bool:
     else:
         _timed(console, f"synth -> {params.synth.out}", lambda: shapes.generate(params.synth))
         stages.mark(params.synth.out, "synth", synth_digest)
-    _timed(console, f"repurpose -> {params.repurpose.out}", lambda: repurpose(params.repurpose))
+    pairs_digest = params.digest("synth", "repurpose")
+    if stages.is_current(params.repurpose.out, "repurpose", pairs_digest):
+        console.print(f"[dim]· repurpose: {params.repurpose.out} is current[/dim]")
+    else:
+        stats = _timed(console, f"repurpose -> {params.repurpose.out}", lambda: repurpose(params.repurpose))
+        console.print(f"[dim]  {stats['identity']}[/dim]")
+        stages.mark(params.repurpose.out, "repurpose", pairs_digest)
 
     base_digest = params.digest("synth", "model", "prompts", "pretrain")
     base_model = Path(params.pretrain.output) / "model"
@@ -62,7 +68,7 @@ def run(params: Params, console: Console) -> bool:
         stages.mark(base_metrics, "evaluate-base", eval_digest)
 
     train_cfg = params.train.model_copy(update={"base_model": str(base_model)})
-    samples = load_pair_samples(train_cfg.data, params.prompts.caption)
+    samples = pairs_dataset(params.model_copy(update={"train": train_cfg}))
     console.print(f"CAFe fine-tuning on {len(samples)} pairs "
                   f"(alpha_lm={train_cfg.objective.alpha_lm}, alpha_con={train_cfg.objective.alpha_con})")
     model_dir = _timed(console, "train", lambda: Trainer(train_cfg, params, dist).fit(samples, base_model, resume=False))

@@ -19,9 +19,6 @@ from typing import Any
 from cafe.config import Params, load_params
 from cafe.storage import open_store
 
-DATA_VERSION = "data_version.json"
-
-
 def field_overrides(fields: Mapping[str, Any]) -> list[str]:
     """``{"train.epochs": 2, "gate.floors": {...}}`` -> ``["train.epochs=2", 'gate.floors={...}']`` (values as
     JSON, which the override parser reads as YAML); ``None`` and ``""`` mean "keep the params file's value"."""
@@ -58,28 +55,6 @@ def localize(uri: str, dest: str | Path) -> Path:
     if not files:
         raise FileNotFoundError(f"{uri}: nothing stored under this prefix")
     return Path(dest).resolve()
-
-
-def pairs_content_hash(pairs_file: str | Path) -> str:
-    """sha256 over every pair's id, caption and image bytes, in id order: the same data hashes the same
-    wherever its images live (a pipeline artifact, a DVC workspace)."""
-    digest = hashlib.sha256()
-    records = [json.loads(line) for line in Path(pairs_file).read_text().splitlines() if line.strip()]
-    for rec in sorted(records, key=lambda r: str(r["id"])):
-        image = Path(rec["image"]) if Path(rec["image"]).is_absolute() else Path(pairs_file).parent / rec["image"]
-        digest.update(json.dumps([str(rec["id"]), rec["caption"], hashlib.sha256(image.read_bytes()).hexdigest()])
-                      .encode() + b"\n")
-    return digest.hexdigest()
-
-
-def ensure_data_version(pairs_dir: str | Path, pairs_file: str | Path) -> str:
-    """The content hash of the training data in ``pairs_dir/data_version.json`` (what the registry records).
-    Written here from the pairs until the data stage (issue 4) writes it for its shards itself."""
-    path = Path(pairs_dir) / DATA_VERSION
-    if not path.is_file():
-        path.write_text(json.dumps({"sha256": pairs_content_hash(pairs_file), "files": [Path(pairs_file).name]},
-                                   indent=1))
-    return json.loads(path.read_text())["sha256"]
 
 
 def job_name(run_id: str, prefix: str = "cafe-train") -> str:

@@ -50,17 +50,23 @@ def _open(params: str, overrides: Optional[list[str]], store: Optional[str], nam
 
 def resolve_data_version(value: Optional[str], train_data: str) -> str:
     """A hash as given, or the ``sha256`` of a ``data_version.json`` (the file, or a pairs directory holding
-    it; default: the directory ``train.data`` names)."""
+    it, local or ``s3://``; default: the directory ``train.data`` names)."""
+    from cafe.data.shards import DATA_VERSION, read_data_version
     from cafe.registry import RegistryError
 
+    if (value or train_data).startswith("s3://"):  # a shards folder in MinIO/S3 (a KFP run)
+        try:
+            return read_data_version(value or train_data)
+        except (FileNotFoundError, ValueError, OSError) as err:
+            raise RegistryError(f"no data version: {err}") from None
     candidate = Path(value) if value else Path(train_data)
     if candidate.is_dir():
-        candidate = candidate / "data_version.json"
+        candidate = candidate / DATA_VERSION
     if candidate.is_file() and candidate.suffix == ".json":
         try:
-            return str(json.loads(candidate.read_text())["sha256"])
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise RegistryError(f"{candidate}: expected a JSON object with a 'sha256' field") from None
+            return read_data_version(candidate)
+        except ValueError as err:
+            raise RegistryError(str(err)) from None
     if value:
         return value
     raise RegistryError(f"no data version: {train_data} has no data_version.json; pass --data-version HASH or "

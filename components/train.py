@@ -21,15 +21,15 @@ def train(pairs: Input[Dataset], base_model: str, train_mode: str, run_id: str, 
               "launch.name": name, "launch.image": image, "launch.nodes": nodes,
               "launch.gpus_per_node": gpus_per_node}
     if train_mode == "local":
-        from cafe.data.samples import load_pair_samples
+        from cafe.data.pairs import pairs_dataset
         from cafe.distributed import init_distributed
         from cafe.training.trainer import Trainer
 
-        data = str(Path(pairs.path) / pairs.metadata.get("pairs_file", "train.jsonl"))
+        data = pairs.path
         p, _ = stage_params(params_file, overrides, {**fields, "train.data": data, "train.output": checkpoints,
                                                     "train.base_model": base_model})
-        out = Trainer(p.train, p, init_distributed(p.train.backend)).fit(
-            load_pair_samples(p.train.data, p.prompts.caption), p.train.base_model, resume=True)
+        out = Trainer(p.train, p, init_distributed(p.train.backend)).fit(pairs_dataset(p), p.train.base_model,
+                                                                         resume=True)
         copy_dir(out, model)
         job = None
     elif train_mode == "cluster":
@@ -38,7 +38,7 @@ def train(pairs: Input[Dataset], base_model: str, train_mode: str, run_id: str, 
         from cafe.cluster.launch import submit_and_follow
         from cafe.storage import open_store
 
-        data = f"{store_uri(pairs.uri)}/{pairs.metadata.get('pairs_file', 'train.jsonl')}"
+        data = store_uri(pairs.uri)  # the shards folder, which the job's ShardDataset reads from s3://
         p, job_overrides = stage_params(params_file, overrides, {
             **fields, "train.data": data, "train.checkpoint_store": checkpoints,
             "train.base_model": store_uri(base_model)})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -33,11 +35,23 @@ def params(world, tmp_path) -> Params:
     p.model.tiny = SMALL_MODEL.model_copy()
     p.repurpose.input = str(world / "train" / "instructions.json")
     p.repurpose.image_root = str(world / "train")
-    p.repurpose.out = str(tmp_path / "pairs.jsonl")
+    p.repurpose.out = str(tmp_path / "pairs")
+    p.repurpose.workers, p.repurpose.progress = 1, False
     p.train.data = p.repurpose.out
     p.train.output = str(tmp_path / "run")
     p.evaluate.data = str(world / "eval")
     return p
+
+
+def pairs(params: Params, split: str = "train"):
+    """The repurposed training pairs of ``params`` (repurposed first unless the shards exist)."""
+    from cafe.data.pairs import pairs_dataset
+    from cafe.data.repurpose import repurpose
+    from cafe.data.shards import DATA_VERSION
+
+    if not (Path(params.repurpose.out) / DATA_VERSION).is_file():
+        repurpose(params.repurpose)
+    return pairs_dataset(params, split)
 
 
 def make_adapter(params: Params, seed: int = 0):

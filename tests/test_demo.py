@@ -17,10 +17,10 @@ def test_demo_runs_every_stage_and_caches_the_base(params, tmp_path, monkeypatch
     params.synth.train_images, params.synth.retrieval_images, params.synth.probe_images = 64, 12, 3
     params.repurpose.input = "data/shapes/train/instructions.json"
     params.repurpose.image_root = "data/shapes/train"
-    params.repurpose.out = "data/pairs/train.jsonl"
+    params.repurpose.out = "data/pairs"
     params.pretrain.data = "data/shapes/train/instructions.json"
     params.pretrain.steps, params.pretrain.batch_size = 3, 8
-    params.train.data, params.train.output = "data/pairs/train.jsonl", "runs/cafe"
+    params.train.data, params.train.output = "data/pairs", "runs/cafe"
     params.train.max_steps, params.train.batch_size = 3, 8
     params.evaluate.data = "data/shapes/eval"
     save_params(params, "params.yaml")

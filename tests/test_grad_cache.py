@@ -7,11 +7,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from cafe.data.repurpose import repurpose
-from cafe.data.samples import SampleDataset, collate, load_pair_samples
+from cafe.data.samples import collate
 from cafe.distributed import average_gradients
 from cafe.training.step import loss_terms
-from tests.conftest import make_adapter
+from tests.conftest import make_adapter, pairs
 
 
 def _grads(params, batch, chunk, sync=lambda p: None):
@@ -24,10 +23,7 @@ def _grads(params, batch, chunk, sync=lambda p: None):
 
 
 def _batch(params, lo, hi):
-    if not os.path.exists(params.repurpose.out):
-        repurpose(params.repurpose)
-    samples = load_pair_samples(params.repurpose.out, params.prompts.caption)
-    data = SampleDataset(samples)
+    data = pairs(params)
     return collate([data[i] for i in range(lo, hi)])
 
 
@@ -72,7 +68,7 @@ def test_cached_gradients_on_two_processes_equal_one_process_full_batch(params, 
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = tmp_path / "rank0.pt"
-    repurpose(params.repurpose)  # once, here: two workers writing the same pairs file race
+    pairs(params)  # once, here: two workers repurposing into one folder would race
     mp.spawn(_worker, args=(port, params, str(out)), nprocs=2, join=True)
     two = torch.load(out, weights_only=False)
     one = _grads(params, _batch(params, 0, 12), chunk=0)

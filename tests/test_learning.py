@@ -7,13 +7,11 @@ import torch
 
 from cafe.config import SynthConfig
 from cafe.data import shapes
-from cafe.data.repurpose import repurpose
-from cafe.data.samples import load_pair_samples
 from cafe.distributed import DistEnv
 from cafe.evaluation.retrieval import load_karpathy, recall_at_k
 from cafe.models import load_adapter
 from cafe.training.trainer import Trainer
-from tests.conftest import make_adapter
+from tests.conftest import make_adapter, pairs
 
 
 @pytest.mark.xfail(strict=False, reason=(
@@ -24,8 +22,7 @@ def test_cafe_quick_training_learns_both_objectives(params, tmp_path):
     shapes.generate(SynthConfig(out=str(world), train_images=480, retrieval_images=50, probe_images=2, seed=7))
     params.repurpose.input = str(world / "train" / "instructions.json")
     params.repurpose.image_root = str(world / "train")
-    repurpose(params.repurpose)
-    samples = load_pair_samples(params.repurpose.out, params.prompts.caption)
+    samples = pairs(params)
     cfg = params.train
     cfg.max_steps, cfg.batch_size, cfg.seed = 90, 32, 0
     cfg.optim.lr, cfg.optim.lr_vision, cfg.optim.warmup_ratio = 3e-3, 3e-3, 0.1

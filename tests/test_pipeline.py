@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from cafe.cli import app
 from cafe.config import ConfigError, parse_overrides
-from cafe.pipeline_io import (ensure_data_version, field_overrides, job_name, log_metrics, pairs_content_hash,
+from cafe.pipeline_io import (field_overrides, job_name, log_metrics,
                               stage_params, store_uri)
 from conftest import make_adapter
 from kube_api import kube_api  # noqa: F401  (fixture)
@@ -89,7 +89,7 @@ def test_stage_params_order_and_job_names():
                                {"train.epochs": 2.5, "gate.floors": {"i2t_R@1": 0.9}, "train.data": ""})
     assert p.train.epochs == 2.5 and p.train.max_steps == 3  # component parameters win over overrides
     assert p.gate.floors["i2t_R@1"] == 0.9 and p.gate.floors["object_f1"] == 0.3  # merged into the file's
-    assert p.train.data == "data/pairs/train.jsonl"  # "" keeps the file's value
+    assert p.train.data == "data/pairs"  # "" keeps the file's value
     assert combined[-2:] == ["train.epochs=2.5", 'gate.floors={"i2t_R@1": 0.9}']
     with pytest.raises(ConfigError, match="train.epochs"):
         stage_params("params.yaml", [], {"train.epochs": "many"})
@@ -98,23 +98,6 @@ def test_stage_params_order_and_job_names():
     assert stage_params("params.yaml", [], {"launch.name": name})[0].launch.name == name  # a valid job name
     assert store_uri("minio://mlpipeline/v2/artifacts/x") == "s3://mlpipeline/v2/artifacts/x"
     assert field_overrides({"a.b": None, "a.c": 0}) == ["a.c=0"]
-
-
-def test_data_version_depends_on_the_content_not_the_location(tmp_path):
-    def pairs(root: Path, caption: str = "a red circle") -> Path:
-        (root / "img").mkdir(parents=True)
-        for i, data in enumerate((b"png-0", b"png-1")):
-            (root / "img" / f"{i}.png").write_bytes(data)
-        rows = [{"id": "b", "image": str(root / "img" / "1.png"), "caption": "two squares"},
-                {"id": "a", "image": "img/0.png", "caption": caption}]
-        (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        return root / "train.jsonl"
-
-    first, moved, changed = pairs(tmp_path / "x"), pairs(tmp_path / "y"), pairs(tmp_path / "z", "a blue circle")
-    assert ensure_data_version(first.parent, first) == pairs_content_hash(moved) != pairs_content_hash(changed)
-    assert json.loads((first.parent / "data_version.json").read_text())["sha256"] == pairs_content_hash(first)
-    (moved.parent / "img" / "0.png").write_bytes(b"other pixels")
-    assert pairs_content_hash(moved) != pairs_content_hash(first)
 
 
 def test_log_metrics_keeps_finite_numbers():
@@ -138,7 +121,7 @@ def test_train_component_creates_follows_and_collects_the_pytorchjob(kube_api, p
     run_id = "run-0001"
     checkpoints = tmp_path / "store" / job_name(run_id)
     make_adapter(params).save_pretrained(checkpoints / "model")  # what the job leaves at its checkpoint URI
-    pairs = _artifact(dsl.Dataset, tmp_path / "pairs", pairs_file="train.jsonl")
+    pairs = _artifact(dsl.Dataset, tmp_path / "pairs")
     model = _artifact(dsl.Model, tmp_path / "model")
     kube_api.script = [("Created", "created"), ("Succeeded", "done")]
     train(pairs=pairs, base_model="s3://models/base", train_mode="cluster",
@@ -153,14 +136,14 @@ def test_train_component_creates_follows_and_collects_the_pytorchjob(kube_api, p
     argv = master["command"] + master.get("args", [])
     assert "--nproc-per-node=4" in argv
     job_cfg = parse_overrides([argv[i + 1] for i, a in enumerate(argv) if a == "-s"])  # what `cafe train` gets
-    assert job_cfg["train"]["data"] == f"{pairs.uri}/train.jsonl"
+    assert job_cfg["train"]["data"] == pairs.uri  # the shards folder
     assert job_cfg["train"]["checkpoint_store"] == str(checkpoints)
     assert job_cfg["train"]["base_model"] == "s3://models/base"
     assert job_cfg["train"]["objective"] == {"alpha_lm": 1.0, "alpha_con": 5.0, "temperature": 0.1}
     assert job_cfg["train"]["epochs"] == 2.0 and "launch" not in job_cfg
     assert (Path(model.path) / "config.json").is_file()
     assert model.metadata["checkpoint_uri"] == str(checkpoints)
-    assert model.metadata["data_uri"] == f"{pairs.uri}/train.jsonl"
+    assert model.metadata["data_uri"] == pairs.uri
     assert model.metadata["job"] == {"kind": "pytorchjob", "namespace": "cafe", "name": job_name(run_id)}
 
     # the exit handler leaves a succeeded run's job alone and deletes a failed run's
@@ -289,9 +272,10 @@ def test_local_run_registers_when_the_gate_passes_and_not_when_it_fails(params, 
     assert "per_item.npz" in record["files"]
     assert record["parent"] == params.train.base_model
     from cafe.data.repurpose import repurpose  # the same data repurposed outside the pipeline (as `dvc repro` does)
+    from cafe.data.shards import read_data_version
 
     repurpose(params.repurpose)
-    assert record["data_version"] == pairs_content_hash(params.repurpose.out)
+    assert record["data_version"] == read_data_version(params.repurpose.out)
     run_dir = next((tmp_path / "root-pass").iterdir())
     html = (run_dir / "evaluate-2" / "report_html").read_text()
     assert "<html" in html.lower() and "i2t_R@1" in html

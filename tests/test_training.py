@@ -6,13 +6,12 @@ import pytest
 import torch
 
 from cafe.config import OptimConfig
-from cafe.data.repurpose import repurpose
-from cafe.data.samples import GlobalBatchSampler, load_pair_samples
+from cafe.data.samples import GlobalBatchSampler
 from cafe.distributed import DistEnv
 from cafe.training import checkpoint as ckpt
 from cafe.training.optim import backward_and_clip, param_groups
 from cafe.training.trainer import Trainer
-from tests.conftest import make_adapter
+from tests.conftest import make_adapter, pairs
 
 
 def test_sampler_splits_global_batches_across_ranks_and_resumes():
@@ -63,8 +62,7 @@ def test_per_loss_clipping_bounds_each_term_separately():
 
 
 def _pairs(params):
-    repurpose(params.repurpose)
-    return load_pair_samples(params.repurpose.out, params.prompts.caption)
+    return pairs(params)
 
 
 def _configure(params, output, steps):

@@ -8,13 +8,11 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from cafe.data.repurpose import repurpose
-from cafe.data.samples import load_pair_samples
 from cafe.distributed import DistEnv
 from cafe.models import FAMILIES, load_adapter, merge
 from cafe.training.optim import build_optimizer
 from cafe.training.trainer import Trainer
-from tests.conftest import make_adapter
+from tests.conftest import make_adapter, pairs
 
 TEXTS = ["a red circle.", "a large blue cross and a small white diamond."]
 
@@ -205,8 +203,7 @@ def test_evaluating_a_base_without_fresh_tuning_leaves_it_plain(params, tmp_path
 @pytest.mark.slow
 def test_trainer_runs_lora_with_soft_prompt_and_resumes_exactly(params, tmp_path):
     make_adapter(params).save_pretrained(tmp_path / "base")
-    repurpose(params.repurpose)
-    samples = load_pair_samples(params.repurpose.out, params.prompts.caption)
+    samples = pairs(params)
     params.model.lora.enabled, params.model.lora.r, params.model.soft_prompt.tokens = True, 4, 2
     # no LoRA dropout: the trainer's resume restores the RNG before the data loader draws its seed, so
     # random masks after a resume differ from an uninterrupted run's (a trainer matter, not LoRA's)

@@ -2,7 +2,7 @@
 
 A :class:`Sample` is one image with a language instruction and its answer (for L_lm) and, for CAFe pairs,
 a caption (for L_con). Instruction records (pretraining) keep their own instruction; repurposed pairs
-(CAFe) use the configured caption prompt with the caption as the answer.
+(CAFe, read from the shards by :mod:`cafe.data.pairs`) use the configured caption prompt.
 """
 
 from __future__ import annotations
@@ -38,19 +38,6 @@ def load_instruction_samples(path: str | Path, image_root: str | Path | None = N
         turns = rec["conversations"]
         question = turns[0]["value"].replace(IMAGE_PLACEHOLDER, "").strip()
         samples.append(Sample(id=rec["id"], image=str(root / rec["image"]), prompt=question, answer=turns[1]["value"]))
-    return samples
-
-
-def load_pair_samples(path: str | Path, caption_prompt: str) -> list[Sample]:
-    """Repurposed (image, caption) pairs from JSON lines; the caption is both answer and contrastive text."""
-    path = Path(path)
-    samples = []
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        rec = json.loads(line)
-        image = rec["image"] if Path(rec["image"]).is_absolute() else str(path.parent / rec["image"])
-        samples.append(Sample(id=rec["id"], image=image, prompt=caption_prompt, answer=rec["caption"], caption=rec["caption"]))
     return samples
 
 

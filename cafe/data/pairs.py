@@ -1,0 +1,92 @@
+"""Training reads the repurposed shards: a map-style dataset of ``(Sample, RGB image)`` items over one split,
+so the global batch sampler decides, by seed and step, which rows each rank and loader worker reads. The
+shards folder is a local path or ``s3://bucket/prefix`` (MinIO/S3; endpoint and credentials as for the
+registry: CAFE_S3_ENDPOINT, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), read through pyarrow's filesystems."""
+
+from __future__ import annotations
+
+import bisect
+import io
+from collections import OrderedDict
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from PIL import Image
+from torch.utils.data import Dataset
+
+from cafe.data.samples import Sample
+from cafe.data.shards import filesystem, read_data_version
+
+
+class ShardDataset(Dataset):
+    """Map-style dataset over one split of the shards: ``(Sample, RGB image)`` items like
+    :class:`~cafe.data.samples.SampleDataset`. Only the footers are read up front; an item reads its row
+    group (the most recent ones are kept, up to ``cache_mb`` of images per process), so loader workers that
+    take whole batches read disjoint rows; a split smaller than the cache is read once.
+
+    ``captions="single"``: the long caption is both the answer (L_lm) and the contrastive text (the paper);
+    ``"short_long"``: the short caption goes to L_con and the long one to L_lm (VladVA).
+    """
+
+    def __init__(self, folder: str | Path, split: str = "train", prompt: str = "Describe the image briefly.",
+                 captions: str = "single", cache_mb: float = 256):
+        if captions not in ("single", "short_long"):
+            raise ValueError(f"captions must be 'single' or 'short_long', got {captions!r}")
+        self.folder, self.split, self.prompt, self.captions = str(folder), split, prompt, captions
+        self.version = read_data_version(self.folder)
+        self._fs, root = filesystem(self.folder)
+        self._groups: list[tuple[str, int]] = []
+        self._starts: list[int] = []
+        total = 0
+        infos = self._fs.get_file_info(pafs.FileSelector(f"{root}/{split}", allow_not_found=True))
+        for path in sorted(i.path for i in infos if i.path.endswith(".parquet")):
+            meta = pq.ParquetFile(self._fs.open_input_file(path)).metadata
+            for g in range(meta.num_row_groups):
+                self._groups.append((str(path), g))
+                self._starts.append(total)
+                total += meta.row_group(g).num_rows
+        self._len = total
+        self._cache_limit, self._cached_bytes = cache_mb * 2**20, 0
+        self._cache: OrderedDict[int, tuple[dict, int]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return self._len
+
+    def _group(self, index: int) -> dict:
+        if index in self._cache:
+            self._cache.move_to_end(index)
+            return self._cache[index][0]
+        path, g = self._groups[index]
+        if self._fs is None:  # in a loader worker
+            self._fs = filesystem(self.folder)[0]
+        with self._fs.open_input_file(path) as fh:
+            columns = pq.ParquetFile(fh).read_row_group(g).to_pydict()
+        size = sum(len(b) for b in columns["image"])
+        self._cache[index] = (columns, size)
+        self._cached_bytes += size
+        while self._cached_bytes > self._cache_limit and len(self._cache) > 1:
+            self._cached_bytes -= self._cache.popitem(last=False)[1][1]
+        return columns
+
+    def __getitem__(self, index: int) -> tuple[Sample, Image.Image]:
+        if not 0 <= index < self._len:
+            raise IndexError(f"index {index} out of range for {self._len} {self.split} pairs")
+        g = bisect.bisect_right(self._starts, index) - 1
+        cols, row = self._group(g), index - self._starts[g]
+        long, short = cols["long_caption"][row], cols["short_caption"][row]
+        sample = Sample(id=cols["id"][row], image=f"{self._groups[g][0]}#{g}:{row}", prompt=self.prompt,
+                        answer=long, caption=short if self.captions == "short_long" else long)
+        with Image.open(io.BytesIO(cols["image"][row])) as img:
+            return sample, img.convert("RGB")
+
+    def __getstate__(self) -> dict:  # loader workers start with an empty cache
+        return {**self.__dict__, "_cache": OrderedDict(), "_cached_bytes": 0, "_fs": None}
+
+
+def pairs_dataset(params, split: str = "train") -> ShardDataset:
+    """The training pairs ``params.train.data`` names, with the configured caption prompt and switch."""
+    return ShardDataset(params.train.data, split, params.prompts.caption, params.train.captions)
+
+
+
