@@ -201,6 +201,12 @@ from cafe.registry_cli import register, registry_app  # noqa: E402
 app.command()(register)
 app.add_typer(registry_app, name="registry")
 
+from cafe.monitor_cli import index, monitor_app, serve  # noqa: E402
+
+app.command()(serve)
+app.command()(index)
+app.add_typer(monitor_app, name="monitor")
+
 
 @app.command()
 def gate(metrics: str = typer.Option(..., "--metrics", help="the model's metrics.json (per_item.npz beside it is used)"),
