@@ -23,15 +23,13 @@ SetOpt = typer.Option(None, "--set", "-s", help="override, e.g. -s monitor.windo
 ModelOpt = typer.Option(None, "--model", "-m", help="model directory (default: the registry's serve.ref / monitor.ref)")
 
 
-def _load(model: Optional[str], params: str, overrides: Optional[list[str]], ref: Optional[str] = None):
+def _load(model: Optional[str], params: str, overrides: Optional[list[str]]):
     from cafe.cli import _params, _quiet_libraries
     from cafe.models import load_adapter
     from cafe.serving.server import resolve_model
 
     _quiet_libraries()
     p = _params(params, overrides)
-    if ref:
-        p.serve.ref = ref
     path, version = resolve_model(model, p)
     return p, load_adapter(path, p.prompts, p.model, fresh_tuning=False), version
 
@@ -88,39 +86,12 @@ def monitor(ctx: typer.Context, model: Optional[str] = ModelOpt,
     if ctx.invoked_subcommand is not None:
         return
     from cafe.cli import _params
-    from cafe.monitoring.monitor import monitor as run
-    from cafe.monitoring.reference import fetch_reference, load_reference, probe_metrics
-    from cafe.registry import Registry
-    from cafe.serving.traffic import TrafficLog
+    from cafe.monitoring.run import run_monitor
 
-    p = _params(params, set)
-    version = None
-    if reference:
-        ref_meta, arrays = load_reference(reference)
-    else:
-        reg = Registry(p.registry.store)
-        ref_meta, arrays, record = fetch_reference(reg, p.registry.name, p.monitor.ref)
-        version = f"{p.registry.name}-v{record['version']}"
-    probe_result = None
-    if probe and p.monitor.probe_images:
-        _, adapter, version = _load(model, params, set, ref=p.monitor.ref)
-        probe_result = probe_metrics(adapter, p.monitor, ref_meta["top_k"], p.serve.batch_size)
-    window = TrafficLog(p.monitor.traffic_store).read_window(p.monitor.window_hours, p.monitor.window_max_requests)
-    summary = run(window, ref_meta, arrays, p.monitor, out_dir or p.monitor.out, probe=probe_result,
-                  model_version=version)
+    summary, counts = run_monitor(_params(params, set), model, reference, out_dir, pairs_out, probe)
     print_summary(summary)
-    if pairs_out:
-        write_window_pairs(window, p, pairs_out)
-
-
-def write_window_pairs(window, p, pairs_out: str) -> dict:
-    from cafe.monitoring.window_data import window_pairs, write_pairs
-    from cafe.serving.index import gallery_items
-
-    pairs, counts = window_pairs(window, dict(gallery_items(p.serve.gallery)))
-    write_pairs(pairs, pairs_out)
-    console.print(f"window pairs -> {pairs_out}: {counts}")
-    return counts
+    if counts is not None:
+        console.print(f"window pairs -> {pairs_out}: {counts}")
 
 
 def print_summary(summary: dict) -> None:
@@ -169,8 +140,9 @@ def window_cmd(out_path: str = typer.Option(..., "--out", "-o", help="pairs JSON
                params: str = ParamsOpt, set: Optional[list[str]] = SetOpt) -> None:
     """The current window's feedback-labelled searches as training pairs (chosen image, query text)."""
     from cafe.cli import _params
+    from cafe.monitoring.run import write_window_pairs
     from cafe.serving.traffic import TrafficLog
 
     p = _params(params, set)
     window = TrafficLog(p.monitor.traffic_store).read_window(p.monitor.window_hours, p.monitor.window_max_requests)
-    write_window_pairs(window, p, out_path)
+    console.print(f"window pairs -> {out_path}: {write_window_pairs(window, p, out_path)}")

@@ -39,10 +39,10 @@ def _traffic(log, rng, centre, n, hit_rate, shift=0.0, feedback=None, top1=0.6, 
     searches = []
     for i in range(n):
         hit = rng.random() < hit_rate
-        results = [{"id": f"g{j}", "score": 0.5} for j in range(10)]
+        results = [{"id": f"g{j}.png", "score": 0.5} for j in range(10)]
         searches.append({"kind": "search", "query": f"q{i}", "embedding": _unit((centre + 0.3 + shift + rng.normal(size=DIM))[None])[0].tolist(),
                          "results": results, "top1_score": float(rng.normal(top1, 0.05)),
-                         "_chosen": "g0" if hit else "elsewhere"})
+                         "_chosen": "g0.png" if hit else "elsewhere"})
     images = [{"kind": "image", "query": {"image_sha256": str(i)},
                "embedding": _unit((centre + shift + rng.normal(size=DIM))[None])[0].tolist(), "results": []}
               for i in range(n)]
