@@ -1,9 +1,9 @@
 """Drifted shapes worlds for the drift scenario: the training distribution and two shifts of it.
 
 - ``in_distribution``: 1-2 large objects of the *seen* (colour, shape) kinds on a flat grey background;
-- ``harmless``: the same scenes on new backgrounds (vertical gradients, darker and lighter greys than training
-  ever used): same vocabulary, same objects, so retrieval should not suffer;
-- ``harmful``: 2-3 *small* objects of the *held-out* kinds (combinations of colour and shape never trained on)
+- ``harmless``: the same scenes on new backgrounds (a diagonal gradient with fine pixel noise instead of the flat
+  grey training always had): same vocabulary, same objects, so retrieval should not suffer;
+- ``harmful``: 3 *small* objects of the *held-out* kinds (combinations of colour and shape never trained on)
   — the captions use known words, but the model never learned these combinations or this size.
 
 Each world is written like the evaluation sets (images + a Karpathy-split JSON, five phrasings per image),
@@ -25,19 +25,18 @@ ALL_KINDS = [(c, s) for c in COLOURS for s in SHAPES]
 # every third (colour, shape) combination is never trained on
 HELD_OUT = [k for i, k in enumerate(ALL_KINDS) if i % 3 == 0]
 SEEN = [k for k in ALL_KINDS if k not in HELD_OUT]
+GRADIENT, NOISE = 14, 4  # the harmless shift's background: gradient amplitude and pixel noise (grey levels)
 
 
 def sample_scene(rng: random.Random, kind: str, scene_id: str) -> Scene:
     if kind not in KINDS:
         raise ValueError(f"unknown traffic kind {kind!r}; known: {KINDS}")
     harmful = kind == "harmful"
-    count = rng.choice([2, 3]) if harmful else rng.choice([1, 2])
+    count = 3 if harmful else rng.choice([1, 2])
     kinds = rng.sample(HELD_OUT if harmful else SEEN, count)
     cells = sorted(rng.sample(range(len(POSITIONS)), count))
     objects = [ShapeObject(c, s, "small" if harmful else "large", POSITIONS[cell]) for (c, s), cell in zip(kinds, cells)]
     grey = rng.randint(105, 150)
-    if kind == "harmless":
-        grey = rng.choice([rng.randint(55, 85), rng.randint(175, 205)])
     return Scene(scene_id, objects, (grey, grey, grey))
 
 
@@ -45,13 +44,15 @@ def render_scene(scene: Scene, kind: str, size: int, rng: random.Random) -> Imag
     img = render(scene, size, rng)
     if kind != "harmless":
         return img
-    # a vertical gradient behind the objects: repaint background pixels only
-    top, bottom = scene.background[0], max(0, min(255, scene.background[0] + rng.choice([-50, 50])))
+    # a new background behind the same objects: a diagonal gradient of +-GRADIENT around the scene's grey,
+    # with fine pixel noise (training backgrounds are flat); object pixels are left as they are
     px = img.load()
+    base = scene.background[0]
+    slope = rng.choice([-1, 1]) * GRADIENT
     for y in range(size):
-        shade = int(top + (bottom - top) * y / max(size - 1, 1))
         for x in range(size):
             if px[x, y] == scene.background:
+                shade = int(base + slope * ((x + y) / (2 * size - 2) - 0.5) * 2 + rng.randint(-NOISE, NOISE))
                 px[x, y] = (shade, shade, shade)
     return img
 
