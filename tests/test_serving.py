@@ -19,6 +19,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -170,3 +171,24 @@ def test_reference_is_stored_with_the_registered_version(world, params, model_di
     reg.register(model_dir, "cafe", metrics={}, gate={"passed": True}, data_version="d0")
     with pytest.raises(FileNotFoundError, match="without a monitor reference"):
         fetch_reference(reg, "cafe", "latest")
+
+
+def test_cluster_manifests_run_the_commands_with_valid_config():
+    """The InferenceService and the monitor CronJob call `cafe serve` / `cafe monitor` with overrides that the
+    config accepts; the gallery volume validates as a Kubernetes object."""
+    from cafe.config import load_params
+    from tests.kube_schemas import builtin_errors as validate
+    from tests.test_manifests import assemble
+
+    docs = {d["kind"]: d for d in assemble(ROOT / "manifests" / "serving")}
+    assert set(docs) == {"PersistentVolumeClaim", "InferenceService"}
+    assert validate(docs["PersistentVolumeClaim"]) == []
+    (container,) = docs["InferenceService"]["spec"]["predictor"]["containers"]
+    cron = yaml.safe_load((ROOT / "manifests" / "base" / "monitor-cronjob.yaml").read_text())
+    (monitor,) = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    for args, command in ((container["args"], "serve"), (monitor["args"], "monitor")):
+        assert args[0] == command
+        overrides = [args[i + 1] for i, a in enumerate(args) if a == "-s"]
+        p = load_params(ROOT / args[args.index("-p") + 1], overrides)
+        assert p.registry.store == "s3://cafe/registry"
+    assert load_params(ROOT / "params.yaml", [a for a in container["args"] if "=" in a]).serve.traffic_store == "s3://cafe/traffic"
