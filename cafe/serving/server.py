@@ -145,17 +145,20 @@ def kserve_models(service: Service):
                 return [d.decode() if isinstance(d, bytes) else str(d) for d in flat]
         return []
 
-    class SearchModel(Model):
-        """V1: instances of {"text"} or {"image_b64"}; V2: a BYTES input "text" or "image_b64" -> FP32
-        "embedding" (and BYTES "results" as JSON)."""
+    class Loaded(Model):
+        """A KServe model over the already loaded service: ready as soon as it exists."""
 
-        def __init__(self):
-            super().__init__(service.name)
+        def __init__(self, name: str):
+            super().__init__(name)
             self.load()
 
         def load(self) -> bool:
             self.ready = True
             return self.ready
+
+    class SearchModel(Loaded):
+        """V1: instances of {"text"} or {"image_b64"}; V2: a BYTES input "text" or "image_b64" -> FP32
+        "embedding" (and BYTES "results" as JSON)."""
 
         def predict(self, payload, headers=None, response_headers=None):
             try:
@@ -176,16 +179,8 @@ def kserve_models(service: Service):
             except RequestError as err:
                 raise InvalidInput(str(err)) from None
 
-    class GenerateModel(Model):
+    class GenerateModel(Loaded):
         """V1: instances of {"image_b64", "prompt"} -> {"text"}."""
-
-        def __init__(self):
-            super().__init__(f"{service.name}-generate")
-            self.load()
-
-        def load(self) -> bool:
-            self.ready = True
-            return self.ready
 
         def predict(self, payload, headers=None, response_headers=None):
             try:
@@ -194,7 +189,7 @@ def kserve_models(service: Service):
             except RequestError as err:
                 raise InvalidInput(str(err)) from None
 
-    return [SearchModel(), GenerateModel()]
+    return [SearchModel(service.name), GenerateModel(f"{service.name}-generate")]
 
 
 def add_feedback_route(app, service: Service) -> None:
