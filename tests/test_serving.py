@@ -192,3 +192,36 @@ def test_cluster_manifests_run_the_commands_with_valid_config():
         p = load_params(ROOT / args[args.index("-p") + 1], overrides)
         assert p.registry.store == "s3://cafe/registry"
     assert load_params(ROOT / "params.yaml", [a for a in container["args"] if "=" in a]).serve.traffic_store == "s3://cafe/traffic"
+
+
+def test_cafe_monitor_cli_reembeds_the_probe_with_the_served_model(world, params, model_dir, tmp_path):
+    """`cafe monitor -m MODEL --reference DIR`: the probe set re-embedded with the model the reference was
+    built with gives the registered probe R@K (drop 0); a tiny window is reported as not judged."""
+    from cafe.cli import app
+    from cafe.monitoring.reference import build_reference, save_reference
+
+    karpathy = str(world / "eval" / "retrieval_karpathy.json")
+    cfg = params.monitor
+    cfg.probe, cfg.probe_images, cfg.reference_images = karpathy, 10, 30
+    from cafe.models import load_adapter
+
+    save_reference(*build_reference(load_adapter(model_dir, params.prompts, params.model), cfg, top_k=10),
+                   tmp_path / "reference")
+    log = TrafficLog(tmp_path / "traffic")
+    rec = log.log_request([{"kind": "search", "query": "a large red circle.", "embedding": None,
+                            "results": [{"id": "ret000001.png", "score": 0.9}], "top1_score": 0.9}], "cafe", "x")
+    log.log_feedback(rec[0]["request_id"], "ret000001.png")
+    sets = ["-s", f"monitor.probe={karpathy}", "-s", "monitor.probe_images=10", "-s", "monitor.reference_images=30",
+            "-s", f"monitor.traffic_store={tmp_path / 'traffic'}", "-s", f"serve.gallery={karpathy}"]
+    result = CliRunner().invoke(app, ["monitor", "-m", str(model_dir), "--reference", str(tmp_path / "reference"),
+                                      "-o", str(tmp_path / "out"), "--pairs-out", str(tmp_path / "pairs.jsonl"),
+                                      "-p", str(tmp_path / "none.yaml"), *sets])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    probe = summary["signals"]["probe"]
+    assert probe["drop"] == pytest.approx(0.0, abs=1e-9) and probe["reference"] == probe["recall"]
+    assert summary["decision"] == "warn"  # the one logged embedding is missing: 100% invalid
+    assert summary["signals"]["invalid"]["examples"][0]["why"] == "missing"
+    assert any("1 labelled queries" in n for n in summary["not_judged"])
+    (pair,) = [json.loads(l) for l in (tmp_path / "pairs.jsonl").read_text().splitlines()]
+    assert pair["caption"] == "a large red circle." and Path(pair["image"]).name == "ret000001.png"
