@@ -28,37 +28,20 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])  # the repo, not benchmar
 
 import torch  # noqa: E402
 
-from cafe.config import Params, TinyModelConfig, load_params  # noqa: E402
+from cafe.config import TinyModelConfig, load_params  # noqa: E402
 from cafe.data import shapes  # noqa: E402
 from cafe.data.drift import KINDS, training_pairs, write_world  # noqa: E402
-from cafe.data.samples import load_pair_samples  # noqa: E402
-from cafe.distributed import DistEnv  # noqa: E402
 from cafe.models import build_tiny, load_adapter  # noqa: E402
 from cafe.monitoring.monitor import monitor  # noqa: E402
 from cafe.monitoring.reference import build_reference, probe_metrics  # noqa: E402
-from cafe.monitoring.scenario import replay  # noqa: E402
+from cafe.monitoring.scenario import replay_world, train_contrastive as train  # noqa: E402
 from cafe.monitoring.window_data import window_pairs, write_pairs  # noqa: E402
-from cafe.serving.traffic import TrafficLog  # noqa: E402
-from cafe.training.trainer import Trainer  # noqa: E402
 
 SMALL = TinyModelConfig(vision_hidden=32, vision_layers=1, vision_heads=2, text_hidden=32, text_layers=2,
                         text_heads=2, text_kv_heads=1, text_intermediate=64)
 
 
-def train(p: Params, pairs: Path, out: Path, steps: int, init) -> Path:
-    cfg = p.train
-    cfg.data, cfg.output, cfg.max_steps, cfg.batch_size, cfg.seed = str(pairs), str(out), steps, 32, 0
-    cfg.optim.lr, cfg.optim.lr_vision, cfg.optim.warmup_ratio = 3e-3, 3e-3, 0.1
-    cfg.objective.alpha_lm, cfg.objective.alpha_con, cfg.objective.temperature = 0.0, 1.0, 0.1
-    samples = load_pair_samples(pairs, p.prompts.caption)
-    return Trainer(cfg, p, DistEnv(), progress=True).fit(samples, init, resume=False)
-
-
-def window(adapter, work: Path, kind: str, seed: int, gallery: int, version: str) -> TrafficLog:
-    data = write_world(work / "worlds" / f"{kind}-{seed}", kind, gallery, seed)
-    log = TrafficLog(work / "traffic" / f"{version}-{kind}-{seed}")
-    replay(adapter, data, log, version, seed=seed, top_k=10)
-    return log
+window = replay_world  # (adapter, work, kind, seed, gallery, version) -> the window's TrafficLog
 
 
 def feedback_recall(adapter, work, kind, seeds, gallery, version, k) -> float:
