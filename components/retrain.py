@@ -11,7 +11,7 @@ def retrain(pairs: Input[Dataset], params_file: str, overrides: list, mode: str,
     from cafe.monitoring.retrain import start_retraining
 
     started = start_retraining(load_params(params_file, overrides), pairs.path, mode, request.path,
-                               kfp_host=kfp_host, training_package=training_package)
+                               kfp_host=kfp_host, training_package=training_package, pairs_uri=pairs.uri)
     request.metadata.update({"pairs_count": started["pairs_count"], "mode": mode})
     print(f"retraining ({mode}) on {started['pairs_count']} window pairs: {started['started']}")
     return json.dumps(started["started"])

@@ -225,3 +225,28 @@ def test_cafe_monitor_cli_reembeds_the_probe_with_the_served_model(world, params
     assert any("1 labelled queries" in n for n in summary["not_judged"])
     (pair,) = [json.loads(l) for l in (tmp_path / "pairs.jsonl").read_text().splitlines()]
     assert pair["caption"] == "a large red circle." and Path(pair["image"]).name == "ret000001.png"
+
+
+def test_retraining_modes(world, params, model_dir, tmp_path):
+    """record writes the request; local fine-tunes on the window pairs from the served model; kfp without an
+    endpoint, an empty window and an unknown mode are refused with the reason."""
+    from cafe.monitoring.retrain import start_retraining
+
+    images = sorted((world / "eval" / "images").glob("ret*.png"))[:4]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"id": f"t{i}", "image": str(p), "caption": "a large red circle."}) + "\n"
+                             for i, p in enumerate(images)))
+    params.monitor.retrain_overrides = ["train.max_steps=1", "train.batch_size=2", f"train.base_model={model_dir}",
+                                        f"train.output={tmp_path / 'retrained'}"]
+    request = start_retraining(params, str(pairs), "record", str(tmp_path / "request.json"))
+    assert request["pairs_count"] == 4 and request["started"] is None
+    assert json.loads((tmp_path / "request.json").read_text())["overrides"][-1] == f"train.data={pairs}"
+    local = start_retraining(params, str(pairs), "local", str(tmp_path / "request.json"))
+    assert (Path(local["started"]["local_model"]) / "config.json").is_file()
+    with pytest.raises(ValueError, match="KFP endpoint"):
+        start_retraining(params, str(pairs), "kfp", str(tmp_path / "r.json"))
+    with pytest.raises(ValueError, match="use kfp, local or record"):
+        start_retraining(params, str(pairs), "later", str(tmp_path / "r.json"))
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(ValueError, match="no feedback-labelled pairs"):
+        start_retraining(params, str(tmp_path / "empty.jsonl"), "record", str(tmp_path / "r.json"))

@@ -14,16 +14,20 @@ from pathlib import Path
 from cafe.config import Params
 
 
-def retrain_request(p: Params, pairs: str) -> dict:
+def retrain_request(p: Params, pairs: str, pairs_uri: str = "") -> dict:
+    """What to start: the pairs (``pairs_uri``, e.g. the artifact's s3:// URI, where another run can read them;
+    default the local path) as ``train.data``, after ``monitor.retrain_overrides``."""
     n = sum(1 for line in Path(pairs).read_text().splitlines() if line.strip()) if Path(pairs).is_file() else 0
-    return {"pairs": pairs, "pairs_count": n, "overrides": [*p.monitor.retrain_overrides, f"train.data={pairs}"],
+    where = pairs_uri or pairs
+    return {"pairs": pairs, "pairs_uri": where, "pairs_count": n,
+            "overrides": [*p.monitor.retrain_overrides, f"train.data={where}"],
             "requested_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 def start_retraining(p: Params, pairs: str, mode: str, out: str, kfp_host: str = "",
-                     training_package: str = "", experiment: str = "cafe-retraining") -> dict:
+                     training_package: str = "", experiment: str = "cafe-retraining", pairs_uri: str = "") -> dict:
     """Start (or record) the retraining; writes and returns the request with what was started."""
-    request = retrain_request(p, pairs)
+    request = retrain_request(p, pairs, pairs_uri if mode == "kfp" else "")
     if request["pairs_count"] == 0:
         raise ValueError(f"{pairs}: the window has no feedback-labelled pairs to retrain on")
     if mode == "kfp":
