@@ -210,6 +210,12 @@ from cafe.pipeline_cli import pipeline_app  # noqa: E402
 
 app.add_typer(pipeline_app, name="pipeline")
 
+from cafe.monitor_cli import index, monitor_app, serve  # noqa: E402
+
+app.command()(serve)
+app.command()(index)
+app.add_typer(monitor_app, name="monitor")
+
 
 @app.command()
 def gate(metrics: str = typer.Option(..., "--metrics", help="the model's metrics.json (per_item.npz beside it is used)"),

@@ -349,6 +349,52 @@ class RegistryConfig(_Section):
     alias_on_register: str = "candidate"  # "" registers without moving an alias
 
 
+class ServeConfig(_Section):
+    """`cafe serve` / `cafe index`: the registered model behind KServe's V1/V2 endpoints, and its traffic log."""
+
+    model_name: str = "cafe"  # the KServe model name: /v1/models/<model_name>:predict
+    ref: str = "production"  # registry alias or version served when no model directory is given
+    host: str = "0.0.0.0"
+    port: int = 8080
+    top_k: int = Field(10, ge=1)  # gallery results returned per query (and logged)
+    gallery: str = "data/shapes/eval/retrieval_karpathy.json"  # Karpathy JSON or an image folder
+    index_store: str = "indexes"  # gallery embeddings per model version (open_store URI)
+    traffic_store: str = "traffic"  # request and feedback log (open_store URI)
+    log_embeddings: bool = True
+    max_new_tokens: int = 32
+    batch_size: int = 64
+
+
+class MonitorConfig(_Section):
+    """`cafe monitor`: drift and retrieval quality of a traffic window against the served version's
+    reference (stored at registration), with the thresholds of the ok / warn / retrain decision."""
+
+    traffic_store: str = "traffic"
+    out: str = "monitor"  # summary JSON + Evidently HTML (and history.jsonl) go here (open_store URI)
+    ref: str = "production"  # the registered version whose reference the window is compared with
+    window_hours: float = Field(24.0, ge=0)  # 0 = no time bound
+    window_max_requests: int = Field(5000, ge=0)  # the newest N requests of the window; 0 = all
+    min_requests: int = Field(50, ge=1)  # fewer embeddings: too small to judge drift
+    min_feedback: int = Field(30, ge=1)  # fewer feedback-labelled queries: too small to judge quality
+    # Evidently embedding drift: "model" (classifier ROC AUC), "mmd", "distance" (cosine), "ratio"
+    drift_method: Literal["model", "mmd", "distance", "ratio"] = "model"
+    drift_threshold: float | None = None  # None = Evidently's default for the method
+    drift_pca_components: int | None = 20
+    similarity_p_value: float = Field(0.01, gt=0, lt=1)  # K-S test on the top-1 similarity distribution
+    recall_k: int = Field(5, ge=1)  # feedback R@K and probe R@K use this K (<= serve.top_k)
+    max_feedback_drop: float = 0.15  # retrain when feedback R@K is surely below reference - this
+    max_probe_drop: float = 0.10  # retrain when the probe set's R@K (current model) drops more than this
+    max_gap_change: float = 0.10  # warn when the modality gap moves more than this from the reference
+    max_invalid_fraction: float = Field(0.05, ge=0, le=1)  # warn above this share of NaN / missing embeddings
+    confidence: float = Field(0.95, gt=0, lt=1)  # one-sided Wilson bound on feedback R@K
+    probe: str = "data/shapes/eval/retrieval_karpathy.json"  # labelled probe set (Karpathy JSON); "" = none
+    probe_images: int = Field(100, ge=0)  # 0 = all
+    reference_images: int = Field(300, ge=1)  # validation images embedded for the reference
+    report: bool = True
+    # the retraining the monitoring pipeline starts on `retrain`: the traffic window as pairs, plus overrides
+    retrain_overrides: list[str] = Field(default_factory=list)
+
+
 class Params(_Section):
     synth: SynthConfig = Field(default_factory=SynthConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -360,6 +406,8 @@ class Params(_Section):
     launch: LaunchConfig = Field(default_factory=LaunchConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
 
     def digest(self, *sections: str) -> str:
         """Short content hash of the named sections (all if none), for caching and lineage."""

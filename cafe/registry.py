@@ -39,6 +39,7 @@ from cafe.storage import AlreadyExists, ObjectStore, join, open_store
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 CARD = "MODEL_CARD.md"
 RECORD_FILE = "registry_record.json"  # written next to a pulled model: which version it is
+REINDEX_ALIASES = ("production",)  # promoting to these records that served gallery embeddings must be recomputed
 
 
 class RegistryError(ValueError):
@@ -359,9 +360,13 @@ class Registry:
     def promote(self, name: str, version: str | int, alias: str) -> dict:
         """Point ``alias`` (e.g. candidate, production) at ``version``; the previous target stays in history."""
         number = self.resolve(name, version)
+        previous = (self._alias_state(name, alias) or [None])[-1]
+        # serving keeps gallery embeddings per version: a new production version makes them stale
+        reindex = alias in REINDEX_ALIASES and previous != number
         self._alias_log(name, alias).append(lambda n: {
-            "seq": n, "action": "promote", "version": number, "at": _now(), "by": getpass.getuser()})
-        return {"alias": alias, "version": number}
+            "seq": n, "action": "promote", "version": number, "at": _now(), "by": getpass.getuser(),
+            "previous": previous, "reindex_required": reindex})
+        return {"alias": alias, "version": number, "previous": previous, "reindex_required": reindex}
 
     def rollback(self, name: str, alias: str) -> dict:
         """Point ``alias`` back at the version it had before its current one."""

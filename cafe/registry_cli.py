@@ -97,14 +97,19 @@ def register(model: str = typer.Option(..., "--model", "-m", help="saved model d
                                                                        "(default: registry.alias_on_register)"),
              allow_failed_gate: bool = typer.Option(False, "--allow-failed-gate"),
              record_out: Optional[str] = typer.Option(None, "--record-out", help="also write the version record here"),
+             reference: Optional[str] = typer.Option(None, "--reference", help="monitor reference folder "
+                                                     "(`cafe monitor reference`), stored as monitor/reference.*"),
              store: Optional[str] = StoreOpt, name: Optional[str] = NameOpt,
              params: str = ParamsOpt, set: Optional[list[str]] = SetOpt) -> None:
     """Register a model version: files + model card + metrics + gate + lineage, visible only when complete."""
     reg, name, p = _open(params, set, store, name)
     with _errors():
+        from cafe.monitoring.reference import registry_files
+
         per_item = Path(metrics).parent / "per_item.npz"  # lets a later gate bootstrap against this version
-        record = reg.register(model, name, metrics=metrics, gate=gate,
-                              extra_files={"per_item.npz": per_item} if per_item.is_file() else None,
+        extra = {**({"per_item.npz": per_item} if per_item.is_file() else {}),
+                 **(registry_files(reference) if reference else {})}
+        record = reg.register(model, name, metrics=metrics, gate=gate, extra_files=extra or None,
                               data_version=resolve_data_version(data_version, p.train.data),
                               params=training_params, parent=parent or p.train.base_model,
                               alias=p.registry.alias_on_register if alias is None else alias,

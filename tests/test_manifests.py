@@ -67,7 +67,7 @@ def validate(doc: dict) -> list[str]:
 
 
 def test_every_kustomization_resolves_to_files():
-    assert {p.relative_to(MANIFESTS).as_posix() for p in KUSTOMIZATIONS} == {"base", "jobs"}
+    assert {p.relative_to(MANIFESTS).as_posix() for p in KUSTOMIZATIONS} == {"base", "jobs", "serving"}
     referenced = set()
     for directory in KUSTOMIZATIONS:
         k = _kustomization(directory)

@@ -1,0 +1,1 @@
+"""Serving: the registered model behind KServe endpoints, its gallery index and its traffic log."""

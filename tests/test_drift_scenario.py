@@ -1,0 +1,57 @@
+"""The drift scenario, short: a tiny model trained briefly on the in-distribution world, its reference, and
+one window of each kind judged with params.yaml's thresholds; the harmful window must ask for retraining and
+the other two must not (benchmarks/drift.py runs this over 20 seeds)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from cafe.config import load_params
+from tests.conftest import SMALL_MODEL
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def one_thread():
+    """Like the benchmark: one torch thread (two oversubscribe a shared 2-core machine badly here)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+def test_harmful_shift_retrains_the_others_do_not(tmp_path, one_thread):
+    from cafe.data import shapes
+    from cafe.data.drift import KINDS, training_pairs, write_world
+    from cafe.models import build_tiny, load_adapter
+    from cafe.monitoring.monitor import monitor
+    from cafe.monitoring.reference import build_reference, probe_metrics
+    from cafe.monitoring.scenario import replay_world, train_contrastive
+
+    p = load_params(ROOT / "params.yaml")
+    p.model.tiny = SMALL_MODEL.model_copy()
+    cfg = p.monitor
+    cfg.report = False
+    pairs = training_pairs(write_world(tmp_path / "train", "in_distribution", 400, seed=10_000), tmp_path / "pairs.jsonl")
+    model = train_contrastive(p, pairs, tmp_path / "run", 200, progress=False, init=lambda: build_tiny(
+        shapes.vocabulary_corpus(), 64, p.model.tiny, p.prompts, p.model, seed=0))
+    adapter = load_adapter(model, p.prompts, p.model, fresh_tuning=False)
+    adapter.model.eval()
+    cfg.probe = str(write_world(tmp_path / "reference", "in_distribution", 150, seed=20_000))
+    cfg.probe_images, cfg.reference_images = 50, 100
+    meta, arrays = build_reference(adapter, cfg, top_k=10)
+    assert meta["validation"]["R@5"] > 0.5, meta  # the model learned the training world
+    probe = probe_metrics(adapter, cfg, 10)
+    decisions = {}
+    for kind in KINDS:
+        log = replay_world(adapter, tmp_path, kind, 0, 100, "v1")
+        summary = monitor(log.read_window(), meta, arrays, cfg, tmp_path / "monitor" / kind, probe=probe)
+        decisions[kind] = (summary["decision"], summary["signals"]["feedback"]["recall"])
+    assert decisions["harmful"][0] == "retrain", decisions
+    assert decisions["in_distribution"][0] != "retrain" and decisions["harmless"][0] != "retrain", decisions
+    assert decisions["harmful"][1] < decisions["in_distribution"][1] - 0.1

@@ -1,0 +1,68 @@
+"""The monitoring pipeline's branch, both ways, with KFP's local runner: a window whose feedback shows
+retrieval falling starts the retraining step (here in ``record`` mode, on the window's pairs); an
+in-distribution window does not."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from cafe.monitoring.reference import save_reference
+from cafe.serving.traffic import TrafficLog
+from tests.test_monitor import _reference, _traffic
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["harmful", "same"])
+def test_pipeline_retrains_only_when_quality_fell(tmp_path, monkeypatch, kind):
+    from kfp import local
+
+    from pipelines.monitoring import build
+
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    rng = np.random.default_rng(3)
+    meta, arrays, centre = _reference(rng)
+    save_reference(meta, arrays, tmp_path / "reference")
+    gallery = tmp_path / "gallery"
+    gallery.mkdir()
+    for j in range(10):
+        Image.new("RGB", (8, 8), (j * 20, 0, 0)).save(gallery / f"g{j}.png")
+    log = TrafficLog(tmp_path / "traffic")
+    if kind == "harmful":
+        _traffic(log, rng, centre, 120, hit_rate=0.3, shift=1.5, top1=0.45)
+    else:
+        _traffic(log, rng, centre, 120, hit_rate=0.8)
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({
+        "serve": {"gallery": str(gallery)},
+        "monitor": {"traffic_store": str(tmp_path / "traffic"), "out": str(tmp_path / "monitor"),
+                    "drift_threshold": 0.65, "drift_pca_components": None, "probe_images": 0}}))
+
+    root = tmp_path / "pipeline_root"
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
+    build("python:3.11")(params_file=str(params), overrides=[], reference=str(tmp_path / "reference"),
+                         model="", probe=False, retrain_mode="record", kfp_host="", training_package="")
+    summaries = list(root.rglob("summary"))
+    assert len(summaries) == 1
+    decision = json.loads(summaries[0].read_text())["decision"]
+    requests = list(root.rglob("request"))
+    if kind == "harmful":
+        assert decision == "retrain"
+        assert len(requests) == 1
+        request = json.loads(requests[0].read_text())
+        # 120 labelled searches, 30% chose g0.png (in the gallery); the rest chose an item not in it
+        assert 0 < request["pairs_count"] < 120
+        pairs = [json.loads(l) for l in Path(request["pairs"]).read_text().splitlines()]
+        assert all(Path(p["image"]).name == "g0.png" and p["caption"].startswith("q") for p in pairs)
+        assert f"train.data={request['pairs']}" in request["overrides"]
+    else:
+        assert decision in ("ok", "warn")
+        assert requests == []
