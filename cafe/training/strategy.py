@@ -24,7 +24,7 @@ import logging
 import socket
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.distributed as tdist
@@ -137,14 +137,17 @@ class DeepSpeedStrategy:
     TAG = "deepspeed"  # checkpoint sub-directory
 
     def __init__(self, model: torch.nn.Module, cfg: TrainConfig, dist: DistEnv, total_steps: int,
-                 config: dict | None = None):
+                 config: dict | None = None,
+                 optimizer: Callable[[list[dict]], torch.optim.Optimizer] | None = None):
+        """``config``: the filled-in DeepSpeed config (default: from ``train.deepspeed_config``);
+        ``optimizer``: parameter groups -> optimizer, instead of AdamW or the JSON's ``"optimizer"``."""
         import deepspeed
 
         self.cfg, self.dist = cfg, dist
         self.config = config if config is not None else deepspeed_config(cfg.deepspeed_config, cfg, dist)
         _ensure_process_group()
         groups = param_groups(model, cfg.optim)
-        client = None if "optimizer" in self.config else (lambda _: build_optimizer(model, cfg.optim))
+        client = optimizer or (None if "optimizer" in self.config else (lambda _: build_optimizer(model, cfg.optim)))
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, model_parameters=groups, optimizer=client, config=copy.deepcopy(self.config),
             lr_scheduler=lambda opt: build_scheduler(opt, cfg.optim, total_steps), dist_init_required=False)
@@ -155,6 +158,12 @@ class DeepSpeedStrategy:
 
     def backward(self, tensor: torch.Tensor) -> None:
         self.engine.backward(tensor, scale_wrt_gas=False)
+        # What engine.forward() does before each forward, which our forwards (through the adapter's sub-modules,
+        # not the engine) skip: without it ZeRO-3 keeps micro_step_id at 0 and every backward *overwrites*
+        # the gradient partitions instead of adding to them, silently keeping only the last chunk's gradient.
+        clear = getattr(self.engine.optimizer, "clear_backward_seen_flag", None)
+        if clear is not None:
+            clear()
 
     def step(self, terms: dict[str, Term]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         losses = {name: run() for name, run in terms.items()}
