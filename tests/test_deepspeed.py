@@ -96,3 +96,49 @@ def test_grad_cache_is_exact_under_zero2_and_zero3(params, tmp_path):
     for stage in (2, 3):
         _assert_close(r[(stage, 2)], r[(stage, 0)], f"ZeRO-{stage} cached vs uncached")
         _assert_close(r[(stage, 0)], r["ddp"], f"ZeRO-{stage} vs hand-averaged gradients")
+
+
+def _fit_worker(rank, port, params, root):
+    from cafe.data.samples import load_pair_samples
+    from cafe.distributed import init_distributed
+    from cafe.training.trainer import Trainer
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE="2")
+    torch.set_num_threads(1)
+    env = init_distributed("gloo")
+    samples = load_pair_samples(params.repurpose.out, params.prompts.caption)
+    init = lambda: make_adapter(params)  # noqa: E731
+    cfg = params.train
+    cfg.strategy, cfg.deepspeed_config = "deepspeed", "configs/deepspeed/zero3.json"
+    cfg.max_steps, cfg.batch_size, cfg.grad_cache_chunk = 4, 4, 2
+    cfg.optim.lr = cfg.optim.lr_vision = 1e-3
+    cfg.output = f"{root}/straight"
+    Trainer(cfg, params, env, progress=False).fit(samples, init)
+    cfg.output = f"{root}/resumed"
+    Trainer(cfg, params, env, progress=False).fit(samples, init, stop_after=2)
+    Trainer(cfg, params, env, progress=False).fit(samples, init)
+    dist.destroy_process_group()
+
+
+def test_deepspeed_zero3_run_checkpoints_and_resumes(params, tmp_path):
+    import json
+
+    from safetensors.torch import load_file
+
+    repurpose(params.repurpose)
+    mp.spawn(_fit_worker, args=(_free_port(), params, str(tmp_path)), nprocs=2, join=True)
+    ck = tmp_path / "resumed" / "checkpoints"
+    assert sorted(p.name for p in ck.iterdir()) == ["checkpoint-0000002", "checkpoint-0000004"]
+    assert (ck / "checkpoint-0000002" / "deepspeed").is_dir()  # the engine's partitions, one file per rank
+    a = load_file(tmp_path / "straight" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "resumed" / "model" / "model.safetensors")
+    make_adapter(params).save_pretrained(tmp_path / "init")
+    initial = load_file(tmp_path / "init" / "model.safetensors")
+    moved = 0
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5, msg=key)
+        moved += int(not torch.equal(a[key], initial[key]))
+    assert moved > len(a) // 2
+    log = [json.loads(line) for line in (tmp_path / "resumed" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4]
