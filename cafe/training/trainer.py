@@ -16,7 +16,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import shutil
+import signal
+import socket
 import time
 from pathlib import Path
 from typing import Callable
@@ -37,6 +41,15 @@ from cafe.training.step import loss_terms
 from cafe.training.strategy import Strategy, build_strategy
 
 
+def inject_fault(step: int, dist: DistEnv) -> None:
+    """Test hook for fault tolerance: with ``CAFE_FAULT_AT_STEP=N`` (and ``CAFE_FAULT_RANK``, default 1) that
+    rank kills itself with SIGKILL right after step N, as a lost node would, in the job's first start only
+    (``dist.attempt`` 0), so the restarted job goes on. Unset in normal runs: does nothing."""
+    at = os.environ.get("CAFE_FAULT_AT_STEP")
+    if at and int(at) == step and dist.rank == int(os.environ.get("CAFE_FAULT_RANK", "1")) and dist.attempt == 0:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -52,9 +65,24 @@ class Trainer:
         self.ckpt_root = self.out / "checkpoints"
         self.log_path = self.out / "train_log.jsonl"
         self.progress = progress and dist.is_main
+        # the durable copy of the checkpoints; the local folder is then a cache a new pod may not have
+        self.store = ckpt.StoreCheckpoints(cfg.checkpoint_store) if cfg.checkpoint_store else None
+
+    def _fetch_from_store(self) -> None:
+        """Bring the store's newest complete checkpoint into the local folder when it is newer (or the local
+        folder is empty, as on a replaced pod): one download per node (local rank 0), then everyone reads it."""
+        if self.store is not None and self.dist.local_rank == 0:
+            remote = self.store.latest_step()
+            local = ckpt.latest_checkpoint(self.ckpt_root)
+            if remote is not None and (local is None or ckpt.step_of(local) < remote):
+                node = os.environ.get("GROUP_RANK", "0")
+                self.store.fetch(remote, self.ckpt_root, tag=f"{socket.gethostname()}-{node}")
+        barrier()
 
     # ----------------------------------------------------------------- state
     def _load(self, init: str | Path | Callable[[], VLMAdapter], resume: bool) -> tuple[VLMAdapter, Path | None]:
+        if resume:
+            self._fetch_from_store()
         latest = ckpt.latest_checkpoint(self.ckpt_root) if resume else None
         if latest is not None:
             return load_adapter(latest, self.params.prompts, self.params.model), latest
@@ -64,7 +92,7 @@ class Trainer:
 
     def _save(self, adapter, strategy: Strategy, step: int) -> Path:
         staged = ckpt.staging_dir(self.ckpt_root, step)
-        if self.dist.is_main:
+        if self.dist.local_rank == 0:  # one per node: nodes need not share a file system
             staged.mkdir(parents=True, exist_ok=True)
         barrier()
         torch.save(ckpt.rng_state(), staged / f"rng_state_{self.dist.rank}.pt")
@@ -77,8 +105,17 @@ class Trainer:
                         "global_batch": self.cfg.batch_size * self.dist.world_size}, staged / "trainer_state.pt")
             save_params(self.params, staged / "params.yaml")
         barrier()
-        final = ckpt.finalize(self.ckpt_root, step, self.cfg.keep_last) if self.dist.is_main else staged
+        if self.store is not None and self.dist.local_rank == 0:
+            self.store.upload(staged, step)  # each node what it wrote (a shared folder is uploaded per node)
         barrier()
+        final = staged
+        if self.dist.is_main:
+            final = ckpt.finalize(self.ckpt_root, step, self.cfg.keep_last)
+            if self.store is not None:
+                self.store.mark_complete(step, self.cfg.keep_last)
+        barrier()
+        if self.store is not None and not self.dist.is_main and self.dist.local_rank == 0 and staged.exists():
+            shutil.rmtree(staged, ignore_errors=True)  # a node with its own disk: its part is in the store
         return final
 
     def _restore(self, path: Path, strategy: Strategy) -> int:
@@ -147,7 +184,8 @@ class Trainer:
                 record = {"step": step, "loss": float(sum(weighted.values())),
                           **{f"loss_{k}": float(v) for k, v in losses.items()},
                           **{f"grad_norm_{k}": v for k, v in norms.items()},
-                          "lr": strategy.lr, "samples_per_s": rate}
+                          "lr": strategy.lr, "samples_per_s": rate,
+                          "attempt": dist.attempt}
                 if log is not None:
                     log.write(json.dumps(record) + "\n")
                     log.flush()
@@ -155,6 +193,7 @@ class Trainer:
                 if step % max(1, cfg.log_every) == 0 or step == total:
                     bar.set_postfix({k.removeprefix("loss_"): f"{v:.3f}" for k, v in record.items()
                                      if k.startswith("loss_")} | {"samples/s": f"{rate:.0f}"})
+                inject_fault(step, dist)
                 if not math.isfinite(record["loss"]):
                     raise FloatingPointError(f"step {step}: loss is {record['loss']}; lower the learning rate")
                 if step >= stop_at:
@@ -179,7 +218,6 @@ class Trainer:
                 {"steps": step, "global_batch": global_batch, "samples": len(dataset),
                  "resumed_from": str(resumed_from) if resumed_from else None}, indent=1))
             if final.exists():
-                import shutil
                 shutil.rmtree(final)
             staged.rename(final)
         barrier()
