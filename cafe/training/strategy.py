@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import socket
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -116,8 +117,11 @@ def deepspeed_config(path: str | Path, cfg: TrainConfig, dist: DistEnv) -> dict:
     return ds
 
 
-def _ensure_process_group() -> None:
-    """DeepSpeed needs a process group even for one process; a plain run gets a private one on 127.0.0.1."""
+def _ensure_process_group(dist: DistEnv) -> None:
+    """DeepSpeed needs a process group and torchrun's variables even for one process; a plain run gets a
+    private group on 127.0.0.1."""
+    for key, value in (("RANK", dist.rank), ("LOCAL_RANK", dist.local_rank), ("WORLD_SIZE", dist.world_size)):
+        os.environ.setdefault(key, str(value))
     if tdist.is_initialized():
         return
     with socket.socket() as sock:
@@ -145,7 +149,7 @@ class DeepSpeedStrategy:
 
         self.cfg, self.dist = cfg, dist
         self.config = config if config is not None else deepspeed_config(cfg.deepspeed_config, cfg, dist)
-        _ensure_process_group()
+        _ensure_process_group(dist)
         groups = param_groups(model, cfg.optim)
         client = optimizer or (None if "optimizer" in self.config else (lambda _: build_optimizer(model, cfg.optim)))
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
