@@ -10,13 +10,13 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from cafe.data.repurpose import repurpose
 from cafe.distributed import DistEnv, average_gradients
 from cafe.training.step import loss_terms
 from cafe.training.strategy import DeepSpeedStrategy, deepspeed_config
 from tests.conftest import make_adapter
+from tests.multiproc import free_port, spawn
 from tests.test_grad_cache import _batch
 
 pytestmark = pytest.mark.slow
@@ -71,13 +71,6 @@ def _worker(rank, port, params, out):
     dist.destroy_process_group()
 
 
-def _free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _assert_close(got, want, what):
     moved = 0
     for name, ref in want.items():
@@ -91,7 +84,7 @@ def _assert_close(got, want, what):
 def test_grad_cache_is_exact_under_zero2_and_zero3(params, tmp_path):
     repurpose(params.repurpose)
     out = tmp_path / "rank0.pt"
-    mp.spawn(_worker, args=(_free_port(), params, str(out)), nprocs=2, join=True)
+    spawn(_worker, (free_port(), params, str(out)), nprocs=2)
     r = torch.load(out, weights_only=False)
     for stage in (2, 3):
         _assert_close(r[(stage, 2)], r[(stage, 0)], f"ZeRO-{stage} cached vs uncached")
@@ -127,7 +120,7 @@ def test_deepspeed_zero3_run_checkpoints_and_resumes(params, tmp_path):
     from safetensors.torch import load_file
 
     repurpose(params.repurpose)
-    mp.spawn(_fit_worker, args=(_free_port(), params, str(tmp_path)), nprocs=2, join=True)
+    spawn(_fit_worker, (free_port(), params, str(tmp_path)), nprocs=2)
     ck = tmp_path / "resumed" / "checkpoints"
     assert sorted(p.name for p in ck.iterdir()) == ["checkpoint-0000002", "checkpoint-0000004"]
     assert (ck / "checkpoint-0000002" / "deepspeed").is_dir()  # the engine's partitions, one file per rank

@@ -6,7 +6,6 @@ rendezvous) resuming with no step lost or done twice."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 
@@ -23,6 +22,7 @@ from cafe.storage import open_store
 from cafe.training import checkpoint as ckpt
 from cafe.training.trainer import Trainer
 from tests.conftest import make_adapter
+from tests.multiproc import free_port
 
 
 def _configure(params, output, steps=6, batch=8):
@@ -88,12 +88,6 @@ def test_checkpoints_in_s3_resume_from_the_newest_complete_one(params, tmp_path,
 
 
 # ----------------------------------------------------------------- killed workers
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _prepare(params, tmp_path, steps=5):
     repurpose(params.repurpose)
     base = tmp_path / "base"
@@ -138,7 +132,7 @@ def test_killed_worker_under_torchrun_resumes_from_the_last_checkpoint(params, t
 @pytest.mark.slow
 def test_two_nodes_with_c10d_rendezvous_resume_from_the_store(params, tmp_path, s3_uri):
     reference, train = _prepare(params, tmp_path)
-    endpoint = f"127.0.0.1:{_free_port()}"
+    endpoint = f"127.0.0.1:{free_port()}"
     nodes = []
     for node in range(2):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
