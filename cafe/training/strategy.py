@@ -76,7 +76,9 @@ class DDPStrategy:
                        directory / "optimizer.pt")
 
     def load(self, directory: Path) -> None:
-        state = torch.load(directory / "optimizer.pt", map_location=self.dist.device, weights_only=False)
+        # checkpoints written before the strategies existed kept these in trainer_state.pt
+        path = directory / "optimizer.pt" if (directory / "optimizer.pt").is_file() else directory / "trainer_state.pt"
+        state = torch.load(path, map_location=self.dist.device, weights_only=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
 
