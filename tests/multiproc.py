@@ -24,3 +24,22 @@ def spawn(fn, args: tuple, nprocs: int = 2, timeout: float = 300.0) -> None:
                 if proc.is_alive():
                     proc.kill()
             raise TimeoutError(f"{fn.__name__}: {nprocs} workers still running after {timeout:.0f}s")
+
+
+def train_pairs(params):
+    """The repurposed training pairs of ``params`` as ``Trainer.fit`` data, repurposed first if needed.
+
+    On main the pairs are Parquet shards (``tests.conftest.pairs``); before that branch is merged here they
+    are a JSON-lines file. Call it in the parent before spawning workers (two workers repurposing race)."""
+    try:
+        from tests.conftest import pairs
+    except ImportError:
+        from pathlib import Path
+
+        from cafe.data.repurpose import repurpose
+        from cafe.data.samples import load_pair_samples
+
+        if not Path(params.repurpose.out).exists():
+            repurpose(params.repurpose)
+        return load_pair_samples(params.repurpose.out, params.prompts.caption)
+    return pairs(params)

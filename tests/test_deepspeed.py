@@ -11,12 +11,11 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from cafe.data.repurpose import repurpose
 from cafe.distributed import DistEnv, average_gradients
 from cafe.training.step import loss_terms
 from cafe.training.strategy import DeepSpeedStrategy, deepspeed_config
 from tests.conftest import make_adapter
-from tests.multiproc import free_port, spawn
+from tests.multiproc import free_port, spawn, train_pairs
 from tests.test_grad_cache import _batch
 
 pytestmark = pytest.mark.slow
@@ -82,7 +81,7 @@ def _assert_close(got, want, what):
 
 
 def test_grad_cache_is_exact_under_zero2_and_zero3(params, tmp_path):
-    repurpose(params.repurpose)
+    train_pairs(params)
     out = tmp_path / "rank0.pt"
     spawn(_worker, (free_port(), params, str(out)), nprocs=2)
     r = torch.load(out, weights_only=False)
@@ -92,7 +91,6 @@ def test_grad_cache_is_exact_under_zero2_and_zero3(params, tmp_path):
 
 
 def _fit_worker(rank, port, params, root):
-    from cafe.data.samples import load_pair_samples
     from cafe.distributed import init_distributed
     from cafe.training.trainer import Trainer
 
@@ -100,7 +98,7 @@ def _fit_worker(rank, port, params, root):
                       WORLD_SIZE="2")
     torch.set_num_threads(1)
     env = init_distributed("gloo")
-    samples = load_pair_samples(params.repurpose.out, params.prompts.caption)
+    samples = train_pairs(params)
     init = lambda: make_adapter(params)  # noqa: E731
     cfg = params.train
     cfg.strategy, cfg.deepspeed_config = "deepspeed", "configs/deepspeed/zero3.json"
@@ -119,7 +117,7 @@ def test_deepspeed_zero3_run_checkpoints_and_resumes(params, tmp_path):
 
     from safetensors.torch import load_file
 
-    repurpose(params.repurpose)
+    train_pairs(params)
     spawn(_fit_worker, (free_port(), params, str(tmp_path)), nprocs=2)
     ck = tmp_path / "resumed" / "checkpoints"
     assert sorted(p.name for p in ck.iterdir()) == ["checkpoint-0000002", "checkpoint-0000004"]
