@@ -1,4 +1,4 @@
-"""Under the DeepSpeed engine (2 gloo ranks, ZeRO-2 and ZeRO-3) gradient caching applies exactly the gradient
+"""Under the DeepSpeed engine (2 gloo ranks, ZeRO-0, ZeRO-2 and ZeRO-3) gradient caching applies exactly the gradient
 of the uncached step, which is the hand-averaged gradient of the DDP-style path; a DeepSpeed run checkpoints and
 resumes to the weights of an uninterrupted one.
 
@@ -62,7 +62,7 @@ def _worker(rank, port, params, out):
     env = DistEnv(rank=rank, world_size=2)
     batch = _batch(params, 6 * rank, 6 * rank + 6)
     result = {"ddp": _hand_averaged(params, batch, chunk=0)}
-    for stage in (2, 3):
+    for stage in (0, 2, 3):
         for chunk in (0, 2):  # 2: three chunks per rank
             result[(stage, chunk)] = _deepspeed_update(params, batch, stage, chunk, env)
     if rank == 0:
@@ -80,12 +80,12 @@ def _assert_close(got, want, what):
     assert moved > 10, what
 
 
-def test_grad_cache_is_exact_under_zero2_and_zero3(params, tmp_path):
+def test_grad_cache_is_exact_under_zero0_zero2_and_zero3(params, tmp_path):
     train_pairs(params)
     out = tmp_path / "rank0.pt"
     spawn(_worker, (free_port(), params, str(out)), nprocs=2)
     r = torch.load(out, weights_only=False)
-    for stage in (2, 3):
+    for stage in (0, 2, 3):
         _assert_close(r[(stage, 2)], r[(stage, 0)], f"ZeRO-{stage} cached vs uncached")
         _assert_close(r[(stage, 0)], r["ddp"], f"ZeRO-{stage} vs hand-averaged gradients")
 
