@@ -17,6 +17,7 @@ class DistEnv:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    attempt: int = 0  # which start of the job this process group is (0, then +1 after each torchrun restart)
 
     @property
     def is_main(self) -> bool:
@@ -35,10 +36,25 @@ def init_distributed(backend: str = "auto") -> DistEnv:
     device = torch.device(f"cuda:{local_rank}") if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
+    attempt = 0
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend=("nccl" if cuda else "gloo") if backend == "auto" else backend)
+        store, rank, _ = next(dist.rendezvous("env://"))
+        attempt = _attempt(store, world)
+        dist.init_process_group(backend=("nccl" if cuda else "gloo") if backend == "auto" else backend,
+                                store=dist.PrefixStore(f"cafe/attempt{attempt}", store), rank=rank, world_size=world)
     rank = dist.get_rank() if dist.is_initialized() else 0
-    return DistEnv(rank=rank, world_size=world, local_rank=local_rank, device=device)
+    return DistEnv(rank=rank, world_size=world, local_rank=local_rank, device=device, attempt=attempt)
+
+
+def _attempt(store: dist.Store, world: int) -> int:
+    """Count the job's starts in its rendezvous store, so each gets its own key prefix.
+
+    torchrun keeps its agent's store across ``--max-restarts`` restarts; the process group's keys of the
+    previous start (peer addresses) are then still there, and gloo connects to a dead peer and fails.
+    Every rank adds 1 when it joins, and a start only begins once every process of the previous one is gone,
+    so ``(count - 1) // world`` is the same number on all ranks of one start. (TORCHELASTIC_RESTART_COUNT is
+    not: a node whose own workers did not fail restarts without counting a retry.)"""
+    return (store.add(f"cafe/joined/{world}", 1) - 1) // world
 
 
 def gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:

@@ -5,11 +5,11 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from cafe.distributed import average_gradients, gather, gather_with_grad
 from cafe.objective import caption_ids, info_nce
+from tests.multiproc import free_port, spawn
 
 
 def _model():
@@ -44,16 +44,9 @@ def _worker(rank, port, out):
     dist.destroy_process_group()
 
 
-def _free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_process_gather_with_grad_matches_full_batch(tmp_path):
     out = tmp_path / "rank0.pt"
-    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=2, join=True)
+    spawn(_worker, (free_port(), str(out)), nprocs=2)
     got = torch.load(out)
 
     model = _model()

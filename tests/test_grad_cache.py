@@ -5,12 +5,12 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from cafe.data.samples import collate
 from cafe.distributed import average_gradients
 from cafe.training.step import loss_terms
 from tests.conftest import make_adapter, pairs
+from tests.multiproc import free_port, spawn
 
 
 def _grads(params, batch, chunk, sync=lambda p: None):
@@ -63,13 +63,10 @@ def _worker(rank, port, params, out):
 
 @pytest.mark.slow
 def test_cached_gradients_on_two_processes_equal_one_process_full_batch(params, tmp_path):
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     out = tmp_path / "rank0.pt"
     pairs(params)  # once, here: two workers repurposing into one folder would race
-    mp.spawn(_worker, args=(port, params, str(out)), nprocs=2, join=True)
+    spawn(_worker, (port, params, str(out)), nprocs=2)
     two = torch.load(out, weights_only=False)
     one = _grads(params, _batch(params, 0, 12), chunk=0)
     # rank 0's local lm loss differs from the full batch's; the gradients are what must agree

@@ -13,6 +13,12 @@ gradient caching possible:
   3. re-embed each chunk with a graph under its recorded RNG state (so dropout matches) and back-propagate
      ``sum(embedding * cached_gradient)``, which puts exactly the full-batch gradient on the parameters
      while only one chunk's activations are alive.
+
+Every backward goes through the ``backward`` callable given to :func:`loss_terms` (default
+``tensor.backward()``); the training strategy passes its own (``DeepSpeedStrategy`` runs ``engine.backward``),
+so the same closures run under hand-averaged DDP-style gradients and under the DeepSpeed engine at any ZeRO
+stage. The surrogate ``sum(embedding * cached_gradient)`` is a scalar loss like any other, which is what makes
+the cached path exact under ZeRO-2/3: the engine reduces (and partitions) its gradient like a micro-batch's.
 """
 
 from __future__ import annotations
@@ -28,6 +34,11 @@ from cafe.models.adapter import IGNORE_INDEX, VLMAdapter
 from cafe.objective import caption_ids, info_nce
 
 Term = Callable[[], torch.Tensor]  # runs forward + backward of one weighted term; returns the unweighted loss
+Backward = Callable[[torch.Tensor], None]  # back-propagates a scalar
+
+
+def plain_backward(tensor: torch.Tensor) -> None:
+    tensor.backward()
 
 
 def _spans(n: int, chunk: int) -> list[tuple[int, int]]:
@@ -49,7 +60,7 @@ def _replay(state: tuple, device: torch.device):
         yield
 
 
-def lm_term(adapter: VLMAdapter, batch: dict, alpha: float, chunk: int) -> Term:
+def lm_term(adapter: VLMAdapter, batch: dict, alpha: float, chunk: int, backward: Backward = plain_backward) -> Term:
     def run() -> torch.Tensor:
         parts = [adapter.lm_inputs(batch["images"][lo:hi], batch["prompts"][lo:hi], batch["answers"][lo:hi])
                  for lo, hi in _spans(len(batch["images"]), chunk)]
@@ -60,7 +71,7 @@ def lm_term(adapter: VLMAdapter, batch: dict, alpha: float, chunk: int) -> Term:
         total = torch.zeros((), device=adapter.device)
         for inputs in parts:
             loss = adapter.lm_loss(inputs, reduction="sum") * scale
-            (alpha * loss).backward()
+            backward(alpha * loss)
             total += loss.detach()
         return total
     return run
@@ -70,7 +81,7 @@ def _embed_pair(adapter: VLMAdapter, images: Sequence, captions: Sequence[str]) 
     return adapter.embed(adapter.image_embed_inputs(images)), adapter.embed(adapter.text_embed_inputs(captions))
 
 
-def contrastive_term(adapter: VLMAdapter, batch: dict, cfg: TrainConfig) -> Term:
+def contrastive_term(adapter: VLMAdapter, batch: dict, cfg: TrainConfig, backward: Backward = plain_backward) -> Term:
     obj = cfg.objective
     images, captions = batch["images"], batch["captions"]
     if any(c is None for c in captions):
@@ -83,7 +94,7 @@ def contrastive_term(adapter: VLMAdapter, batch: dict, cfg: TrainConfig) -> Term
 
     def direct() -> torch.Tensor:
         loss = loss_of(*_embed_pair(adapter, images, captions))
-        (obj.alpha_con * loss).backward()
+        backward(obj.alpha_con * loss)
         return loss.detach()
 
     def cached() -> torch.Tensor:
@@ -98,24 +109,27 @@ def contrastive_term(adapter: VLMAdapter, batch: dict, cfg: TrainConfig) -> Term
         image = torch.cat(image_parts).requires_grad_()
         text = torch.cat(text_parts).requires_grad_()
         loss = loss_of(image, text)
+        # on detached leaves: no parameter takes part, so this stays a plain autograd call
         (obj.alpha_con * loss).backward()
         for (lo, hi), state in zip(spans, states):
             with _replay(state, device):
                 image_chunk, text_chunk = _embed_pair(adapter, images[lo:hi], captions[lo:hi])
             surrogate = (image_chunk * image.grad[lo:hi]).sum() + (text_chunk * text.grad[lo:hi]).sum()
-            surrogate.backward()
+            backward(surrogate)
         return loss.detach()
 
     return cached if len(spans) > 1 else direct
 
 
-def loss_terms(adapter: VLMAdapter, batch: dict, cfg: TrainConfig) -> dict[str, Term]:
-    """The step's terms: "lm" when alpha_lm > 0, "con" when alpha_con > 0."""
+def loss_terms(adapter: VLMAdapter, batch: dict, cfg: TrainConfig,
+               backward: Backward = plain_backward) -> dict[str, Term]:
+    """The step's terms: "lm" when alpha_lm > 0, "con" when alpha_con > 0; each back-propagates through
+    ``backward``."""
     terms: dict[str, Term] = {}
     if cfg.objective.alpha_lm > 0:
-        terms["lm"] = lm_term(adapter, batch, cfg.objective.alpha_lm, cfg.grad_cache_chunk)
+        terms["lm"] = lm_term(adapter, batch, cfg.objective.alpha_lm, cfg.grad_cache_chunk, backward)
     if cfg.objective.alpha_con > 0:
-        terms["con"] = contrastive_term(adapter, batch, cfg)
+        terms["con"] = contrastive_term(adapter, batch, cfg, backward)
     if not terms:
         raise ValueError("alpha_lm and alpha_con are both 0: nothing to train")
     return terms

@@ -2,21 +2,26 @@
 
 Per step: the language instruction with its answer gives L_lm; the image and text embedding instructions
 give embeddings that are gathered across ranks with gradient for L_con (``cafe.training.step``); each
-weighted term is back-propagated, its gradient averaged across ranks and clipped on its own, then one
-optimizer step.
+weighted term runs its forward and backward; the strategy (``cafe.training.strategy``, chosen once by
+``train.strategy``) reduces, clips and applies the gradients:
 
-Gradients are averaged by hand (``cafe.distributed.average_gradients``) rather than by wrapping the model
-in DistributedDataParallel: a CAFe step runs several forwards through sub-modules per backward and, with
-gradient caching, several backwards per step, which DDP's hooks do not follow.
+- ``ddp``: gradients averaged by hand (``cafe.distributed.average_gradients``) rather than by wrapping the
+  model in DistributedDataParallel: a CAFe step runs several forwards through sub-modules per backward and,
+  with gradient caching, several backwards per step, which DDP's hooks do not follow; each term is clipped
+  on its own;
+- ``deepspeed``: the DeepSpeed engine (ZeRO 0/2/3, offload, bf16) with one accumulation boundary per step.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import shutil
+import signal
+import socket
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable
 
@@ -27,13 +32,22 @@ from tqdm.auto import tqdm
 
 from cafe.config import Params, TrainConfig, save_params
 from cafe.data.samples import GlobalBatchSampler, Sample, SampleDataset, collate, steps_for_epochs
-from cafe.distributed import DistEnv, average_gradients, barrier
+from cafe.distributed import DistEnv, barrier
 from cafe.models import load_adapter
 from cafe.models.adapter import VLMAdapter
 from cafe.objective import combine
 from cafe.training import checkpoint as ckpt
-from cafe.training.optim import backward_and_clip, build_optimizer, build_scheduler
 from cafe.training.step import loss_terms
+from cafe.training.strategy import Strategy, build_strategy
+
+
+def inject_fault(step: int, dist: DistEnv) -> None:
+    """Test hook for fault tolerance: with ``CAFE_FAULT_AT_STEP=N`` (and ``CAFE_FAULT_RANK``, default 1) that
+    rank kills itself with SIGKILL right after step N, as a lost node would, in the job's first start only
+    (``dist.attempt`` 0), so the restarted job goes on. Unset in normal runs: does nothing."""
+    at = os.environ.get("CAFE_FAULT_AT_STEP")
+    if at and int(at) == step and dist.rank == int(os.environ.get("CAFE_FAULT_RANK", "1")) and dist.attempt == 0:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def seed_everything(seed: int) -> None:
@@ -51,9 +65,24 @@ class Trainer:
         self.ckpt_root = self.out / "checkpoints"
         self.log_path = self.out / "train_log.jsonl"
         self.progress = progress and dist.is_main
+        # the durable copy of the checkpoints; the local folder is then a cache a new pod may not have
+        self.store = ckpt.StoreCheckpoints(cfg.checkpoint_store) if cfg.checkpoint_store else None
+
+    def _fetch_from_store(self) -> None:
+        """Bring the store's newest complete checkpoint into the local folder when it is newer (or the local
+        folder is empty, as on a replaced pod): one download per node (local rank 0), then everyone reads it."""
+        if self.store is not None and self.dist.local_rank == 0:
+            remote = self.store.latest_step()
+            local = ckpt.latest_checkpoint(self.ckpt_root)
+            if remote is not None and (local is None or ckpt.step_of(local) < remote):
+                node = os.environ.get("GROUP_RANK", "0")
+                self.store.fetch(remote, self.ckpt_root, tag=f"{socket.gethostname()}-{node}")
+        barrier()
 
     # ----------------------------------------------------------------- state
     def _load(self, init: str | Path | Callable[[], VLMAdapter], resume: bool) -> tuple[VLMAdapter, Path | None]:
+        if resume:
+            self._fetch_from_store()
         latest = ckpt.latest_checkpoint(self.ckpt_root) if resume else None
         if latest is not None:
             return load_adapter(latest, self.params.prompts, self.params.model), latest
@@ -61,32 +90,45 @@ class Trainer:
             return init(), None
         return load_adapter(init, self.params.prompts, self.params.model), None
 
-    def _save(self, adapter, optimizer, scheduler, step: int) -> Path:
+    def _save(self, adapter, strategy: Strategy, step: int) -> Path:
         staged = ckpt.staging_dir(self.ckpt_root, step)
-        if self.dist.is_main:
+        if self.dist.local_rank == 0:  # one per node: nodes need not share a file system
             staged.mkdir(parents=True, exist_ok=True)
         barrier()
         torch.save(ckpt.rng_state(), staged / f"rng_state_{self.dist.rank}.pt")
+        strategy.save(staged)
+        with strategy.full_weights():
+            if self.dist.is_main:
+                adapter.save_pretrained(staged)
         if self.dist.is_main:
-            adapter.save_pretrained(staged)
-            torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "world_size": self.dist.world_size, "seed": self.cfg.seed,
+            torch.save({"step": step, "strategy": strategy.name, "world_size": self.dist.world_size, "seed": self.cfg.seed,
                         "global_batch": self.cfg.batch_size * self.dist.world_size}, staged / "trainer_state.pt")
             save_params(self.params, staged / "params.yaml")
         barrier()
-        final = ckpt.finalize(self.ckpt_root, step, self.cfg.keep_last) if self.dist.is_main else staged
+        if self.store is not None and self.dist.local_rank == 0:
+            self.store.upload(staged, step)  # each node what it wrote (a shared folder is uploaded per node)
         barrier()
+        final = staged
+        if self.dist.is_main:
+            final = ckpt.finalize(self.ckpt_root, step, self.cfg.keep_last)
+            if self.store is not None:
+                self.store.mark_complete(step, self.cfg.keep_last)
+        barrier()
+        if self.store is not None and not self.dist.is_main and self.dist.local_rank == 0 and staged.exists():
+            shutil.rmtree(staged, ignore_errors=True)  # a node with its own disk: its part is in the store
         return final
 
-    def _restore(self, path: Path, optimizer, scheduler) -> int:
+    def _restore(self, path: Path, strategy: Strategy) -> int:
         state = torch.load(path / "trainer_state.pt", map_location=self.dist.device, weights_only=False)
         global_batch = self.cfg.batch_size * self.dist.world_size
         if (state["global_batch"], state["seed"]) != (global_batch, self.cfg.seed):
             raise ValueError(
                 f"{path} was trained with global batch {state['global_batch']} and seed {state['seed']}; this run has "
                 f"{global_batch} and {self.cfg.seed}. Keep batch_size x processes and the seed, or start a new output.")
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        if state.get("strategy", "ddp") != strategy.name:
+            raise ValueError(f"{path} was written by train.strategy={state.get('strategy')}; this run uses "
+                             f"{strategy.name}. Keep the strategy, or start a new output.")
+        strategy.load(path)
         rng_file = path / f"rng_state_{self.dist.rank}.pt"
         if rng_file.exists():  # absent when resuming with more ranks than were saved
             ckpt.set_rng_state(torch.load(rng_file, weights_only=False))
@@ -112,13 +154,11 @@ class Trainer:
         adapter, resumed_from = self._load(init, resume)
         model = adapter.model.to(dist.device)
         model.train()
-        params = [p for p in model.parameters() if p.requires_grad]
 
         global_batch = cfg.batch_size * dist.world_size
         total = cfg.max_steps or steps_for_epochs(len(dataset), global_batch, cfg.epochs)
-        optimizer = build_optimizer(model, cfg.optim)
-        scheduler = build_scheduler(optimizer, cfg.optim, total)
-        step = self._restore(resumed_from, optimizer, scheduler) if resumed_from else 0
+        strategy = build_strategy(model, cfg, dist, total)
+        step = self._restore(resumed_from, strategy) if resumed_from else 0
         if dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             save_params(self.params, self.out / "params.yaml")
@@ -127,8 +167,6 @@ class Trainer:
                                      start_step=step, total_steps=total)
         loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
                             num_workers=cfg.num_workers, persistent_workers=False)
-        autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
-                    if dist.device.type == "cuda" and cfg.precision == "bf16" else nullcontext())
         bar = tqdm(total=total, initial=step, desc="train", disable=not self.progress, dynamic_ncols=True,
                    mininterval=1.0)
         log = self.log_path.open("a") if dist.is_main else None
@@ -136,13 +174,8 @@ class Trainer:
         stop_at = min(total, step + stop_after) if stop_after else total
         try:
             for batch in loader:
-                with autocast:
-                    losses, norms = backward_and_clip(loss_terms(adapter, batch, cfg), params, cfg.optim,
-                                                      average_gradients)
+                losses, norms = strategy.step(loss_terms(adapter, batch, cfg, strategy.backward))
                 weighted = combine(losses, cfg.objective)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
                 step += 1
 
                 now = time.perf_counter()
@@ -151,7 +184,8 @@ class Trainer:
                 record = {"step": step, "loss": float(sum(weighted.values())),
                           **{f"loss_{k}": float(v) for k, v in losses.items()},
                           **{f"grad_norm_{k}": v for k, v in norms.items()},
-                          "lr": scheduler.get_last_lr()[-1], "samples_per_s": rate}
+                          "lr": strategy.lr, "samples_per_s": rate,
+                          "attempt": dist.attempt}
                 if log is not None:
                     log.write(json.dumps(record) + "\n")
                     log.flush()
@@ -159,28 +193,31 @@ class Trainer:
                 if step % max(1, cfg.log_every) == 0 or step == total:
                     bar.set_postfix({k.removeprefix("loss_"): f"{v:.3f}" for k, v in record.items()
                                      if k.startswith("loss_")} | {"samples/s": f"{rate:.0f}"})
+                inject_fault(step, dist)
                 if not math.isfinite(record["loss"]):
                     raise FloatingPointError(f"step {step}: loss is {record['loss']}; lower the learning rate")
                 if step >= stop_at:
                     break
                 if cfg.save_every and step % cfg.save_every == 0:
-                    self._save(adapter, optimizer, scheduler, step)
+                    self._save(adapter, strategy, step)
         finally:
             bar.close()
             if log is not None:
                 log.close()
 
-        self._save(adapter, optimizer, scheduler, step)
+        self._save(adapter, strategy, step)
         final = self.out / "model"
+        if step >= total:
+            with strategy.full_weights():
+                if dist.is_main:
+                    adapter.save_pretrained(self.out / ".tmp-model")
         if step >= total and dist.is_main:
             staged = self.out / ".tmp-model"
-            adapter.save_pretrained(staged)
             save_params(self.params, staged / "params.yaml")
             (staged / "train_summary.json").write_text(json.dumps(
                 {"steps": step, "global_batch": global_batch, "samples": len(dataset),
                  "resumed_from": str(resumed_from) if resumed_from else None}, indent=1))
             if final.exists():
-                import shutil
                 shutil.rmtree(final)
             staged.rename(final)
         barrier()
