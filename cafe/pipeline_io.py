@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cafe.config import Params, load_params
-from cafe.storage import open_store
+from cafe.storage import localize, open_store, store_uri  # noqa: F401  (components import them from here)
 
 def field_overrides(fields: Mapping[str, Any]) -> list[str]:
     """``{"train.epochs": 2, "gate.floors": {...}}`` -> ``["train.epochs=2", 'gate.floors={...}']`` (values as
@@ -37,24 +37,6 @@ def use_endpoint(s3_endpoint: str) -> None:
     """Point ``s3://`` URIs at this endpoint (the pipeline's MinIO); empty keeps the environment's."""
     if s3_endpoint:
         os.environ["CAFE_S3_ENDPOINT"] = s3_endpoint
-
-
-def store_uri(uri: str) -> str:
-    """A KFP artifact URI as an :func:`~cafe.storage.open_store` URI (KFP writes MinIO as ``minio://``)."""
-    return "s3://" + uri.removeprefix("minio://") if uri.startswith("minio://") else uri
-
-
-def localize(uri: str, dest: str | Path) -> Path:
-    """A folder holding the data at ``uri``: the folder itself if local, else downloaded into ``dest``."""
-    if not uri.startswith(("s3://", "minio://")):
-        path = Path(uri.removeprefix("file://"))
-        if not path.exists():
-            raise FileNotFoundError(f"{uri}: no such folder; pass a local path or an s3:// URI")
-        return path.resolve()
-    files = open_store(store_uri(uri)).get_dir("", dest)
-    if not files:
-        raise FileNotFoundError(f"{uri}: nothing stored under this prefix")
-    return Path(dest).resolve()
 
 
 def job_name(run_id: str, prefix: str = "cafe-train") -> str:

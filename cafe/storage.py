@@ -72,7 +72,7 @@ class ObjectStore(ABC):
     def get_dir(self, prefix: str, directory: str | Path) -> list[Path]:
         """Download every key under ``prefix/`` into ``directory``, keeping relative paths."""
         directory = Path(directory)
-        prefix = prefix.rstrip("/") + "/"
+        prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""  # "": the whole store
         out = []
         for key in self.list(prefix):
             target = directory / key[len(prefix):]
@@ -181,3 +181,23 @@ def open_store(uri: str | Path) -> ObjectStore:
     if parsed.scheme and len(parsed.scheme) > 1:
         raise ValueError(f"unsupported store URI {text!r}: use a local path, file://... or s3://bucket/prefix")
     return LocalStore(text)
+
+
+def store_uri(uri: str) -> str:
+    """A KFP artifact URI as an :func:`open_store` URI (KFP writes MinIO as ``minio://``)."""
+    return "s3://" + uri.removeprefix("minio://") if uri.startswith("minio://") else uri
+
+
+def localize(uri: str | Path, dest: str | Path) -> Path:
+    """A local folder holding what ``uri`` names: the folder itself if local, else its objects downloaded into
+    ``dest`` (a base model or data in MinIO/S3, for libraries that read only files)."""
+    uri = str(uri)
+    if not uri.startswith(("s3://", "minio://")):
+        path = Path(uri.removeprefix("file://"))
+        if not path.exists():
+            raise FileNotFoundError(f"{uri}: no such folder; pass a local path or an s3:// URI")
+        return path.resolve()
+    files = open_store(store_uri(uri)).get_dir("", dest)
+    if not files:
+        raise FileNotFoundError(f"{uri}: nothing stored under this prefix")
+    return Path(dest).resolve()

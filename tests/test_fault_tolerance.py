@@ -85,6 +85,23 @@ def test_checkpoints_in_s3_resume_from_the_newest_complete_one(params, tmp_path,
     assert store.exists("checkpoint-0000006/COMPLETE") and store.exists("checkpoint-0000006/model.safetensors")
 
 
+def test_a_base_model_in_the_object_store_trains_like_its_local_copy(params, tmp_path, s3_uri):
+    """A PyTorchJob gets train.base_model as an s3:// URI (the pipeline's artifact); the trainer fetches it."""
+    samples = train_pairs(params)
+    base = tmp_path / "base"
+    make_adapter(params, seed=4).save_pretrained(base)
+    open_store(s3_uri).put_dir("", base)
+    local = Trainer(_configure(params, tmp_path / "a", 2), params, DistEnv(), progress=False).fit(samples, str(base))
+    remote = Trainer(_configure(params, tmp_path / "b", 2), params, DistEnv(), progress=False).fit(samples, s3_uri)
+    a, b = _weights(local), _weights(remote)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=0, rtol=0, msg=key)
+    with pytest.raises(FileNotFoundError, match="nothing stored"):
+        Trainer(_configure(params, tmp_path / "c", 2), params, DistEnv(), progress=False).fit(
+            samples, s3_uri.rstrip("/") + "-absent")
+
+
 # ----------------------------------------------------------------- killed workers
 def _prepare(params, tmp_path, steps=5):
     samples = train_pairs(params)

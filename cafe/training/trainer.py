@@ -34,6 +34,7 @@ from cafe.config import Params, TrainConfig, save_params
 from cafe.data.samples import GlobalBatchSampler, Sample, SampleDataset, collate, steps_for_epochs
 from cafe.distributed import DistEnv, barrier
 from cafe.models import load_adapter
+from cafe.storage import localize
 from cafe.models.adapter import VLMAdapter
 from cafe.objective import combine
 from cafe.training import checkpoint as ckpt
@@ -88,6 +89,12 @@ class Trainer:
             return load_adapter(latest, self.params.prompts, self.params.model), latest
         if callable(init):
             return init(), None
+        if str(init).startswith(("s3://", "minio://")):  # a base model in the object store: one copy per node
+            local = self.out / ".base-model"
+            if self.dist.local_rank == 0:
+                localize(init, local)
+            barrier()
+            init = local
         return load_adapter(init, self.params.prompts, self.params.model), None
 
     def _save(self, adapter, strategy: Strategy, step: int) -> Path:
