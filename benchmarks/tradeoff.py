@@ -1,7 +1,7 @@
 """Paper Table 7 in miniature: fine-tune the same base for the same budget with contrastive-only,
 language-only, and CAFe at several alpha_lm : alpha_con ratios; print retrieval R@1 and caption object F1.
 
-Usage: python benchmarks/tradeoff.py [--steps N] [--out benchmarks/results/tradeoff.json]
+Usage: python benchmarks/tradeoff.py [--steps N] [--parts retrieval,geometry,captions,pope] [--out ...]
 Needs the base model (`cafe pretrain`, or `make demo` once).
 """
 
@@ -39,6 +39,8 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--steps", type=int, default=0, help="training steps per run (0: params.yaml's epochs)")
     ap.add_argument("--out", default="benchmarks/results/tradeoff.json")
+    ap.add_argument("--parts", default="retrieval,geometry,captions,pope",
+                    help="evaluation parts per run (the table needs these; the rest of the suite only costs time)")
     args = ap.parse_args()
     import transformers
     transformers.utils.logging.set_verbosity_error()
@@ -52,6 +54,7 @@ def main() -> None:
         p = load_params(args.params, [f"train.objective.alpha_lm={a_lm}", f"train.objective.alpha_con={a_con}",
                                       f"train.output=runs/bench/{label.split()[0]}-{a_lm}-{a_con}",
                                       f"train.max_steps={args.steps}"])
+        p.evaluate.parts = args.parts.split(",")
         start = time.perf_counter()
         model_dir = Trainer(p.train, p, DistEnv(), progress=False).fit(samples, p.train.base_model, resume=False)
         seconds = time.perf_counter() - start
