@@ -166,7 +166,8 @@ class PretrainConfig(_Section):
     steps: int = 2000
     batch_size: int = 32
     lr: float = 2e-3
-    lr_vision: float = 0.0  # vision tower; 0 = the same as lr
+    # vision tower during the language-only steps: None = lr; 0 = frozen (as LLaVA's first stage keeps it)
+    lr_vision: Optional[float] = None
     # vision warm-up before the language-only steps (cafe/training/vision_warmup.py): per-cell attributes
     vision_steps: int = 600
     vision_lr: float = 1e-3

@@ -24,7 +24,7 @@ def pretrain_config(params: Params) -> TrainConfig:
     p = params.pretrain
     return TrainConfig(
         data=p.data, output=p.output, max_steps=p.steps, batch_size=p.batch_size, seed=p.seed, save_every=p.save_every,
-        optim=OptimConfig(lr=p.lr, lr_vision=p.lr_vision or p.lr, warmup_ratio=p.warmup_ratio, clip_mode="global"),
+        optim=OptimConfig(lr=p.lr, lr_vision=p.lr if p.lr_vision is None else p.lr_vision, warmup_ratio=p.warmup_ratio, clip_mode="global"),
         objective=ObjectiveConfig(alpha_lm=1.0, alpha_con=0.0),
     )
 
