@@ -25,7 +25,7 @@ test-fast: venv
 	$(BIN)/python -m pytest -m "not slow" -q
 
 bench: venv
-	$(BIN)/python benchmarks/tradeoff.py
+	$(BIN)/python -m benchmarks.tradeoff
 
 clean:
 	rm -rf data models runs metrics reports

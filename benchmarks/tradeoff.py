@@ -1,7 +1,8 @@
 """Paper Table 7 in miniature: fine-tune the same base for the same budget with contrastive-only,
 language-only, and CAFe at several alpha_lm : alpha_con ratios; print retrieval R@1 and caption object F1.
 
-Usage: python benchmarks/tradeoff.py [--steps N] [--out benchmarks/results/tradeoff.json]
+Usage: python -m benchmarks.tradeoff [--steps N] [--caption-images N] [--pope-questions N] [--out ...]
+(as a module: run as a script, benchmarks/peft.py would shadow the peft package)
 Needs the base model (`cafe pretrain`, or `make demo` once).
 """
 
@@ -39,6 +40,11 @@ def main() -> None:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--steps", type=int, default=0, help="training steps per run (0: params.yaml's epochs)")
     ap.add_argument("--out", default="benchmarks/results/tradeoff.json")
+    ap.add_argument("--parts", default="retrieval,geometry,captions,pope",
+                    help="evaluation parts per run (the table needs these; the rest of the suite only costs time)")
+    ap.add_argument("--caption-images", type=int, default=0,
+                    help="caption at most this many held-out images (0: all 500); retrieval always uses all")
+    ap.add_argument("--pope-questions", type=int, default=0, help="at most this many POPE questions per split (0: all)")
     args = ap.parse_args()
     import transformers
     transformers.utils.logging.set_verbosity_error()
@@ -52,6 +58,8 @@ def main() -> None:
         p = load_params(args.params, [f"train.objective.alpha_lm={a_lm}", f"train.objective.alpha_con={a_con}",
                                       f"train.output=runs/bench/{label.split()[0]}-{a_lm}-{a_con}",
                                       f"train.max_steps={args.steps}"])
+        p.evaluate.parts = args.parts.split(",")
+        p.evaluate.max_items.update({k: v for k, v in (("captions", args.caption_images), ("pope", args.pope_questions)) if v})
         start = time.perf_counter()
         model_dir = Trainer(p.train, p, DistEnv(), progress=False).fit(samples, p.train.base_model, resume=False)
         seconds = time.perf_counter() - start
@@ -65,8 +73,8 @@ def main() -> None:
         table.add_column(col, justify="left" if col == "run" else "right")
     for r in results:
         ratio = "-" if r["alpha_con"] == 0 else f"{r['alpha_lm'] / r['alpha_con']:g}"
-        table.add_row(r["run"], ratio, f"{r['i2t_R@1']:.3f}", f"{r['t2i_R@1']:.3f}", f"{r['object_f1']:.3f}",
-                      f"{r['probe_accuracy']:.3f}", f"{r['modality_gap']:.3f}")
+        cells = [r.get(k) for k in ("i2t_R@1", "t2i_R@1", "object_f1", "probe_accuracy", "modality_gap")]
+        table.add_row(r["run"], ratio, *("-" if v is None else f"{v:.3f}" for v in cells))
     Console().print(table)
 
     by = {r["run"]: r for r in results}

@@ -170,6 +170,12 @@ class PretrainConfig(_Section):
     steps: int = 2000
     batch_size: int = 32
     lr: float = 2e-3
+    # vision tower during the language-only steps: None = lr; 0 = frozen (as LLaVA's first stage keeps it)
+    lr_vision: Optional[float] = None
+    # vision warm-up before the language-only steps (cafe/training/vision_warmup.py): per-cell attributes
+    vision_steps: int = 600
+    vision_lr: float = 1e-3
+    vision_batch_size: int = 64
     warmup_ratio: float = 0.05
     seed: int = 0
     save_every: int = 250  # steps; a long pretraining keeps its progress

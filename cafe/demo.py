@@ -53,7 +53,7 @@ def run(params: Params, console: Console) -> bool:
     if stages.is_current(params.pretrain.output, "pretrain", base_digest) and base_model.is_dir():
         console.print(f"[dim]· pretrain: {base_model} is current[/dim]")
     else:
-        console.print("pretraining the base model language-only (once; cached afterwards)")
+        console.print("pretraining the base model: vision warm-up, then language-only (once; cached afterwards)")
         _timed(console, f"pretrain -> {base_model}", lambda: pretrain(params, dist))
         stages.mark(params.pretrain.output, "pretrain", base_digest)
 

@@ -20,6 +20,7 @@ def test_demo_runs_every_stage_and_caches_the_base(params, tmp_path, monkeypatch
     params.repurpose.out = "data/pairs"
     params.pretrain.data = "data/shapes/train/instructions.json"
     params.pretrain.steps, params.pretrain.batch_size = 3, 8
+    params.pretrain.vision_steps, params.pretrain.vision_batch_size = 3, 8
     params.train.data, params.train.output = "data/pairs", "runs/cafe"
     params.train.max_steps, params.train.batch_size = 3, 8
     params.evaluate.data = "data/shapes/eval"

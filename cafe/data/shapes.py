@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -166,6 +167,19 @@ def detailed_description(scene: Scene) -> str:
         f"{_article(f'{o.size} {o.colour} {o.shape}').capitalize()} is {_where(o.position)}." for o in scene.objects
     )
     return f"{head} {body}"
+
+
+_DESCRIBED = re.compile(r"an? (small|large) ([a-z]+) ([a-z]+) is (?:in the (center)|at the ([a-z ]+))\.")
+
+
+def objects_from_description(text: str) -> list[ShapeObject]:
+    """The objects a :func:`detailed_description` names (empty for any other text)."""
+    found = []
+    for size, colour, shape, center, where in _DESCRIBED.findall(text.lower()):
+        position = center or where
+        if colour in COLOURS and shape in SHAPES and position in POSITIONS:
+            found.append(ShapeObject(colour, shape, size, position))
+    return found
 
 
 def brief_caption(objects: list[ShapeObject]) -> str:

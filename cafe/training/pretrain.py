@@ -17,13 +17,14 @@ from cafe.data.shapes import vocabulary_corpus
 from cafe.distributed import DistEnv
 from cafe.models import build_tiny
 from cafe.training.trainer import Trainer
+from cafe.training.vision_warmup import warm_up_vision
 
 
 def pretrain_config(params: Params) -> TrainConfig:
     p = params.pretrain
     return TrainConfig(
         data=p.data, output=p.output, max_steps=p.steps, batch_size=p.batch_size, seed=p.seed, save_every=p.save_every,
-        optim=OptimConfig(lr=p.lr, lr_vision=p.lr, warmup_ratio=p.warmup_ratio, clip_mode="global"),
+        optim=OptimConfig(lr=p.lr, lr_vision=p.lr if p.lr_vision is None else p.lr_vision, warmup_ratio=p.warmup_ratio, clip_mode="global"),
         objective=ObjectiveConfig(alpha_lm=1.0, alpha_con=0.0),
     )
 
@@ -35,7 +36,15 @@ def pretrain(params: Params, dist: DistEnv, resume: bool = True) -> Path:
     corpus = vocabulary_corpus() + sorted({s.prompt for s in samples} | {s.answer for s in samples})
 
     def init():
-        return build_tiny(corpus, params.synth.image_size, params.model.tiny, params.prompts, params.model,
-                          seed=params.pretrain.seed)
+        adapter = build_tiny(corpus, params.synth.image_size, params.model.tiny, params.prompts, params.model,
+                             seed=params.pretrain.seed)
+        p = params.pretrain
+        if p.vision_steps > 0:
+            summary = warm_up_vision(adapter, samples, p.vision_steps, p.vision_lr, p.vision_batch_size, seed=p.seed,
+                                     progress=dist.is_main)
+            if dist.is_main:
+                Path(cfg.output).mkdir(parents=True, exist_ok=True)
+                (Path(cfg.output) / "vision_warmup.json").write_text(json.dumps(summary, indent=1))
+        return adapter
 
     return Trainer(cfg, params, dist).fit(samples, init, resume=resume)
