@@ -69,3 +69,63 @@ def test_equal_with_gradient_cache(params):
     params.train.optim.clip_mode = "global"
     params.train.grad_cache_chunk = 2
     _compare(make_adapter(params), _batch(params, 4), params.train)
+
+
+def test_equal_with_lora_and_soft_prompt(params):
+    params.model.lora.enabled, params.model.lora.r, params.model.soft_prompt.tokens = True, 4, 3
+    params.model.lora.dropout = 0.0  # dropout masks differ between any two runs, packed or not
+    adapter = make_adapter(params)
+    tuning.setup(adapter, params.model, None, fresh=True)
+    assert adapter.soft_prompt is not None and adapter.peft is not None
+    _compare(adapter, _batch(params, 3), params.train)
+
+
+def test_vision_tower_runs_once_and_never_for_text(params):
+    adapter = make_adapter(params)
+    calls = []
+    adapter.model.model.vision_tower.register_forward_hook(lambda m, a, o: calls.append(a[0].shape[0]))
+    adapter.embed(adapter.text_embed_inputs(["a red circle", "two blue squares"]))
+    assert calls == []
+    batch = _batch(params, 3)
+    for step, expected in (("three_pass", 2), ("shared_prefix", 1)):
+        params.train.step = step
+        calls.clear()
+        for run in loss_terms(adapter, batch, params.train).values():
+            run()
+        assert len(calls) == expected, step
+
+
+def test_a_leaking_mask_is_caught(params, monkeypatch):
+    """Negative control: letting the embedding prompt see the language continuation changes the numbers."""
+    adapter = make_adapter(params)
+    batch = _batch(params, 3)
+    cfg = params.train
+    cfg.step = "shared_prefix"
+    packed = shared_prefix.pack(adapter, batch["images"], batch["prompts"], batch["answers"])
+    _, good = shared_prefix.packed_forward(adapter, packed)
+    reference = adapter.embed(adapter.image_embed_inputs(batch["images"]))
+    torch.testing.assert_close(good, reference, rtol=1e-5, atol=1e-5)
+    leaky = dict(packed, segment=packed["segment"].clamp(max=shared_prefix.PREFIX))  # plain causal
+    _, bad = shared_prefix.packed_forward(adapter, leaky)
+    assert (bad - reference).abs().max() > 1e-3
+
+
+def test_family_without_1d_positions_falls_back(params, caplog):
+    params.model.family = "qwen2_vl"
+    adapter = make_adapter(params)
+    batch = _batch(params, 2)
+    params.train.step = "three_pass"
+    reference, _ = _run(adapter, batch, params.train)
+    params.train.step = "shared_prefix"
+    with caplog.at_level(logging.WARNING, logger=shared_prefix.log.name):
+        losses, _ = _run(adapter, batch, params.train)
+    assert "falls back to three_pass" in caplog.text and "qwen2_vl" in caplog.text
+    assert losses == reference
+
+
+def test_gradient_cache_with_per_loss_clipping_falls_back(params, caplog):
+    params.train.grad_cache_chunk, params.train.step = 2, "shared_prefix"
+    adapter = make_adapter(params)
+    with caplog.at_level(logging.WARNING, logger=shared_prefix.log.name):
+        terms = loss_terms(adapter, _batch(params, 4), params.train)
+    assert "per-loss clipping" in caplog.text and set(terms) == {"lm", "con"}
