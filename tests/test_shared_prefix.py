@@ -129,3 +129,23 @@ def test_gradient_cache_with_per_loss_clipping_falls_back(params, caplog):
     with caplog.at_level(logging.WARNING, logger=shared_prefix.log.name):
         terms = loss_terms(adapter, _batch(params, 4), params.train)
     assert "per-loss clipping" in caplog.text and set(terms) == {"lm", "con"}
+
+
+def test_flex_attention_block_mask_matches_the_float_mask(params):
+    """The CUDA route (FlexAttention + BlockMask from the same segments): its forward, checked on CPU."""
+    adapter = make_adapter(params)
+    batch = _batch(params, 3)
+    packed = shared_prefix.pack(adapter, batch["images"], batch["prompts"], batch["answers"])
+    with torch.no_grad():
+        lm, image = shared_prefix.packed_forward(adapter, packed)
+        adapter.model.set_attn_implementation("flex_attention")
+        flex_lm, flex_image = shared_prefix.packed_forward(adapter, packed)
+    assert float(flex_lm) == pytest.approx(float(lm), rel=1e-5)
+    torch.testing.assert_close(flex_image, image, rtol=1e-5, atol=1e-5)
+
+
+def test_equal_under_gradient_checkpointing(params):
+    """One forward, no KV cache: checkpointed layers recompute it, for both backwards of per-loss clipping."""
+    adapter = make_adapter(params)
+    adapter.model.gradient_checkpointing_enable()
+    _compare(adapter, _batch(params, 3), params.train)
