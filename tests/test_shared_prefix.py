@@ -149,3 +149,26 @@ def test_equal_under_gradient_checkpointing(params):
     adapter = make_adapter(params)
     adapter.model.gradient_checkpointing_enable()
     _compare(adapter, _batch(params, 3), params.train)
+
+
+@pytest.mark.parametrize("clip_mode", ["per_loss", "global"])
+def test_optimizer_step_through_the_strategy_is_the_same(params, clip_mode):
+    """Through DDPStrategy.step (per-term clipping, one update): the same norms and the same weights after."""
+    from cafe.distributed import DistEnv
+    from cafe.training.strategy import DDPStrategy
+
+    params.train.optim.clip_mode = clip_mode
+    batch = _batch(params, 3)
+    results = []
+    for step in ("three_pass", "shared_prefix"):
+        params.train.step = step
+        adapter = make_adapter(params)
+        strategy = DDPStrategy(adapter.model, params.train, DistEnv(), total_steps=4)
+        losses, norms = strategy.step(loss_terms(adapter, batch, params.train, strategy.backward))
+        results.append((norms, {n: p.detach().clone() for n, p in adapter.model.named_parameters()}))
+    (ref_norms, ref_weights), (norms, weights) = results
+    assert norms.keys() == ref_norms.keys()
+    for name in norms:
+        assert norms[name] == pytest.approx(ref_norms[name], rel=1e-5)
+    for name, w in weights.items():
+        torch.testing.assert_close(w, ref_weights[name], rtol=1e-5, atol=1e-6, msg=name)
