@@ -154,6 +154,9 @@ class TrainConfig(_Section):
     # gradient caching: > 0 embeds (and runs the language loss on) this many samples at a time, so the
     # contrastive batch can grow without activation memory growing; 0 = the whole per-process batch at once
     grad_cache_chunk: int = 0
+    # "three_pass": separate language, image-embedding and text-embedding forwards (the reference);
+    # "shared_prefix": one packed forward per sample for both objectives (cafe.training.shared_prefix)
+    step: Literal["three_pass", "shared_prefix"] = "three_pass"
     # distributed strategy (issue 6, CONTRACTS.md; the deepspeed branch defines the same three keys)
     strategy: Literal["ddp", "deepspeed"] = "ddp"
     deepspeed_config: str = ""  # a JSON file in configs/deepspeed/ when strategy is deepspeed

@@ -124,7 +124,15 @@ def contrastive_term(adapter: VLMAdapter, batch: dict, cfg: TrainConfig, backwar
 def loss_terms(adapter: VLMAdapter, batch: dict, cfg: TrainConfig,
                backward: Backward = plain_backward) -> dict[str, Term]:
     """The step's terms: "lm" when alpha_lm > 0, "con" when alpha_con > 0; each back-propagates through
-    ``backward``."""
+    ``backward``. With ``train.step: shared_prefix`` both come from one packed forward
+    (``cafe.training.shared_prefix``) unless the model or settings cannot be packed exactly (logged)."""
+    if cfg.step == "shared_prefix":
+        from cafe.training import shared_prefix
+
+        reason = shared_prefix.fallback_reason(adapter, cfg, backward)
+        if reason is None:
+            return shared_prefix.shared_prefix_terms(adapter, batch, cfg, backward)
+        shared_prefix.log.warning("train.step=shared_prefix falls back to three_pass: %s", reason)
     terms: dict[str, Term] = {}
     if cfg.objective.alpha_lm > 0:
         terms["lm"] = lm_term(adapter, batch, cfg.objective.alpha_lm, cfg.grad_cache_chunk, backward)

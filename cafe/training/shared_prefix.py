@@ -1,0 +1,226 @@
+"""The shared-prefix CAFe step (``train.step: shared_prefix``): one forward for both objectives.
+
+Under causal attention the hidden states of ``[system][image tokens]`` are the same in the language pass and
+in the image-embedding pass, so each sample becomes ONE packed sequence
+
+    [shared prefix][language instruction + answer][embedding prompt]
+
+with a block attention mask (each continuation attends to the prefix and, causally, to itself; padding only
+to itself) and position ids in which both continuations start where the prefix ends, as in their separate
+passes. Each image goes through the vision tower once; ``L_lm`` comes from the language continuation (the LM
+head only at labelled positions) and the image embedding from the embedding continuation's last token. Text
+embeddings are text-only already (no pixels, no vision work). Rotary positions are relative, so the
+left-padded separate embedding pass (whose positions are shifted by its padding) gives the same numbers.
+
+Masks: an additive float mask ``[B, 1, L, L]`` for eager / SDPA (a boolean one is silently wrong under eager,
+STACK-NOTES); on CUDA the model is switched to FlexAttention and gets a ``BlockMask`` (SDPA with an arbitrary
+mask loses its flash kernels and transformers' FlashAttention takes no custom 4-D mask).
+
+Backward: with ``optim.clip_mode: per_loss`` under the DDP-style strategy the two terms keep their own
+gradients (the language loss back-propagates with the graph retained, the contrastive loss after it); otherwise
+(``global``/``none``, DeepSpeed, which clips the total) one backward of ``a_lm L_lm + a_con L_con``. With
+gradient caching (``train.grad_cache_chunk``) the graph-building re-run of each chunk computes the language
+loss and the cached-gradient surrogate in the same forward and back-propagates them together; under
+``per_loss`` clipping that cannot keep the terms apart, so that combination falls back to three-pass.
+
+Families: 1-D rotary positions pack exactly (LLaVA-OneVision); Qwen2-VL's 3-D rotary positions (and any family
+not listed in :data:`PACKABLE`) fall back to the three-pass step with a logged message.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from cafe.config import TrainConfig
+from cafe.distributed import gather, gather_with_grad
+from cafe.models.adapter import IGNORE_INDEX, VLMAdapter
+from cafe.objective import caption_ids, info_nce
+from cafe.training.step import Backward, Term, _replay, _rng_snapshot, _spans, plain_backward
+
+log = logging.getLogger(__name__)
+
+PACKABLE = ("llava_onevision",)
+PREFIX, LANGUAGE, EMBEDDING, PADDING = 0, 1, 2, -1
+
+
+def fallback_reason(adapter: VLMAdapter, cfg: TrainConfig, backward: Backward) -> str | None:
+    """Why this step cannot be shared-prefix (then the three-pass step runs), or None."""
+    if adapter.family not in PACKABLE:
+        return (f"model family {adapter.family!r} cannot be packed exactly (its position scheme, e.g. Qwen2-VL's "
+                "3-D rotary positions, is not 1-D)")
+    if cfg.objective.alpha_lm <= 0 or cfg.objective.alpha_con <= 0:
+        return "only one objective is on: nothing to share"
+    if cfg.grad_cache_chunk > 0 and cfg.optim.clip_mode == "per_loss" and backward is plain_backward:
+        return "gradient caching with per-loss clipping needs each term's gradient apart"
+    return None
+
+
+def pack(adapter: VLMAdapter, images: Sequence, prompts: Sequence[str], answers: Sequence[str]) -> dict:
+    """One packed sequence per sample: input ids, position ids, segment ids, next-token targets, pixels.
+
+    The shared prefix is the longest common token prefix of the language row and the image-embedding row
+    (always holding every image token), cut before the first soft-prompt slot and so that each continuation
+    keeps at least one token.
+    """
+    lm = adapter.lm_inputs(images, prompts, answers)  # right padding, labels on the answers
+    tok = adapter.tokenizer
+    image_id = adapter.processor.image_token_id
+    user = [{"type": "image"}, {"type": "text", "text": adapter._soft_placeholder() + adapter.prompts.image_embed}]
+    embed_ids = tok(adapter._template(adapter._messages(user), True))["input_ids"]
+    if embed_ids.count(image_id) != 1:
+        raise ValueError("the image embedding instruction must hold exactly one image token")
+    cut = embed_ids.index(image_id)
+    rows = []
+    for i in range(len(images)):
+        n = int(lm["attention_mask"][i].sum())
+        ids, labels = lm["input_ids"][i, :n].tolist(), lm["labels"][i, :n].tolist()
+        emb = embed_ids[:cut] + [image_id] * ids.count(image_id) + embed_ids[cut + 1:]
+        p = 0
+        while p < min(n, len(emb)) and ids[p] == emb[p]:
+            p += 1
+        if adapter.soft_prompt is not None and tok.pad_token_id in emb:
+            p = min(p, emb.index(tok.pad_token_id))
+        p = min(p, n - 1, len(emb) - 1)
+        if image_id in ids[p:] or image_id in emb[p:]:
+            raise ValueError(f"sample {i}: the language and embedding instructions share no prefix holding the "
+                             "image; use train.step: three_pass")
+        a, e = n - p, len(emb) - p
+        targets = labels[1:] + [IGNORE_INDEX]  # position j predicts token j + 1 of the language row
+        rows.append({
+            "input_ids": ids + emb[p:],
+            "position_ids": list(range(n)) + list(range(p, p + e)),
+            "segment": [PREFIX] * p + [LANGUAGE] * a + [EMBEDDING] * e,
+            "targets": targets + [IGNORE_INDEX] * e,
+            "soft": [False] * n + [t == tok.pad_token_id for t in emb[p:]],
+        })
+    length = max(len(r["input_ids"]) for r in rows)
+    fill = {"input_ids": tok.pad_token_id, "position_ids": 0, "segment": PADDING, "targets": IGNORE_INDEX,
+            "soft": False}
+    out = {k: torch.tensor([r[k] + [v] * (length - len(r[k])) for r in rows], device=adapter.device)
+           for k, v in fill.items()}
+    out["last"] = torch.tensor([len(r["input_ids"]) - 1 for r in rows], device=adapter.device)
+    out["pixels"] = {k: v for k, v in lm.items() if k not in ("input_ids", "attention_mask", "labels")}
+    return out
+
+
+def allowed(segment: torch.Tensor) -> torch.Tensor:
+    """``[B, L, L]`` boolean: query q may attend key k (causal; prefix or own continuation; padding: itself)."""
+    length = segment.shape[1]
+    idx = torch.arange(length, device=segment.device)
+    q, k = segment[:, :, None], segment[:, None, :]
+    ok = (idx[None, None, :] <= idx[None, :, None]) & ((k == PREFIX) | (k == q)) & (q != PADDING) & (k != PADDING)
+    return ok | torch.eye(length, dtype=torch.bool, device=segment.device)
+
+
+def attention_mask(adapter: VLMAdapter, segment: torch.Tensor):
+    """The additive float mask for eager / SDPA, a FlexAttention ``BlockMask`` under flex_attention."""
+    if adapter.model.config._attn_implementation == "flex_attention":
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        def mask_mod(b, h, q, k):
+            sq, sk = segment[b, q], segment[b, k]
+            return ((k <= q) & ((sk == PREFIX) | (sk == sq)) & (sq != PADDING) & (sk != PADDING)) | (q == k)
+
+        length = segment.shape[1]
+        return create_block_mask(mask_mod, segment.shape[0], None, length, length, device=segment.device)
+    dtype = adapter.model.get_input_embeddings().weight.dtype
+    ok = allowed(segment)
+    mask = torch.zeros(ok.shape, dtype=dtype, device=segment.device).masked_fill(~ok, torch.finfo(dtype).min)
+    return mask[:, None]
+
+
+def select_attention(adapter: VLMAdapter) -> None:
+    """On CUDA, switch the model to FlexAttention (exact with a block mask, and fast); CPU keeps its own."""
+    if adapter.device.type == "cuda" and adapter.model.config._attn_implementation != "flex_attention":
+        log.info("shared-prefix step: attention %s -> flex_attention (block mask)",
+                 adapter.model.config._attn_implementation)
+        adapter.model.set_attn_implementation("flex_attention")
+
+
+def packed_forward(adapter: VLMAdapter, packed: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed next-token loss over the answers, normalised image embeddings) from one forward."""
+    inputs = {"input_ids": packed["input_ids"], "position_ids": packed["position_ids"],
+              "attention_mask": attention_mask(adapter, packed["segment"]), **packed["pixels"]}
+    if adapter.soft_prompt is not None:
+        inputs["soft_prompt_mask"] = packed["soft"]
+    hidden = adapter.hidden_states(inputs)
+    keep = packed["targets"] != IGNORE_INDEX
+    logits = adapter.model.lm_head(hidden[keep])
+    lm = F.cross_entropy(logits.float(), packed["targets"][keep], reduction="sum")
+    pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), packed["last"]]
+    return lm, F.normalize(pooled.float(), dim=-1)
+
+
+def shared_prefix_terms(adapter: VLMAdapter, batch: dict, cfg: TrainConfig,
+                        backward: Backward = plain_backward) -> dict[str, Term]:
+    """The "lm" and "con" terms of ``cafe.training.step`` computed from one packed forward per chunk."""
+    obj = cfg.objective
+    images, captions = batch["images"], batch["captions"]
+    if any(c is None for c in captions):
+        raise ValueError("alpha_con > 0 needs captions: train on repurposed pairs, not instruction records")
+    select_attention(adapter)
+    spans = _spans(len(images), cfg.grad_cache_chunk)
+    packs = [pack(adapter, images[lo:hi], batch["prompts"][lo:hi], batch["answers"][lo:hi]) for lo, hi in spans]
+    local = sum((p["targets"] != IGNORE_INDEX).sum() for p in packs)
+    counts = gather(local[None])
+    scale = len(counts) / counts.sum()  # gradients are averaged across ranks afterwards
+    separate = cfg.optim.clip_mode == "per_loss" and backward is plain_backward
+    state: dict[str, torch.Tensor] = {}
+
+    def text_embed(lo: int, hi: int) -> torch.Tensor:
+        return adapter.embed(adapter.text_embed_inputs(captions[lo:hi]))
+
+    def loss_of(image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        ids = gather(caption_ids(captions).to(image.device))
+        return info_nce(gather_with_grad(image), gather_with_grad(text), obj.temperature, ids, obj.directions)
+
+    def direct_lm() -> torch.Tensor:
+        lm, image = packed_forward(adapter, packs[0])
+        lm = lm * scale
+        if separate:  # the image embeddings' graph stays for the contrastive term's backward
+            (obj.alpha_lm * lm).backward(retain_graph=True)
+            state["image"] = image
+        else:
+            con = loss_of(image, text_embed(0, len(images)))
+            backward(obj.alpha_lm * lm + obj.alpha_con * con)
+            state["con"] = con.detach()
+        return lm.detach()
+
+    def direct_con() -> torch.Tensor:
+        if not separate:
+            return state.pop("con")
+        con = loss_of(state.pop("image"), text_embed(0, len(images)))
+        backward(obj.alpha_con * con)
+        return con.detach()
+
+    def cached_lm() -> torch.Tensor:
+        device = adapter.device
+        states, image_parts, text_parts = [], [], []
+        with torch.no_grad():
+            for (lo, hi), packed in zip(spans, packs):
+                states.append(_rng_snapshot(device))
+                image_parts.append(packed_forward(adapter, packed)[1])
+                text_parts.append(text_embed(lo, hi))
+        image = torch.cat(image_parts).requires_grad_()
+        text = torch.cat(text_parts).requires_grad_()
+        con = loss_of(image, text)
+        (obj.alpha_con * con).backward()  # detached leaves: a plain autograd call
+        state["con"] = con.detach()
+        total = torch.zeros((), device=device)
+        for (lo, hi), packed, rng in zip(spans, packs, states):
+            with _replay(rng, device):
+                lm, image_chunk = packed_forward(adapter, packed)
+                text_chunk = text_embed(lo, hi)
+            lm = lm * scale
+            surrogate = (image_chunk * image.grad[lo:hi]).sum() + (text_chunk * text.grad[lo:hi]).sum()
+            backward(obj.alpha_lm * lm + surrogate)
+            total += lm.detach()
+        return total
+
+    if len(spans) > 1:
+        return {"lm": cached_lm, "con": lambda: state.pop("con")}
+    return {"lm": direct_lm, "con": direct_con}
