@@ -117,15 +117,19 @@ def test_family_without_1d_positions_falls_back(params, caplog):
     params.train.step = "three_pass"
     reference, _ = _run(adapter, batch, params.train)
     params.train.step = "shared_prefix"
+    shared_prefix.warn_fallback.cache_clear()
     with caplog.at_level(logging.WARNING, logger=shared_prefix.log.name):
         losses, _ = _run(adapter, batch, params.train)
+        _run(adapter, batch, params.train)
     assert "falls back to three_pass" in caplog.text and "qwen2_vl" in caplog.text
+    assert caplog.text.count("falls back to three_pass") == 1  # said once, not at every step
     assert losses == reference
 
 
 def test_gradient_cache_with_per_loss_clipping_falls_back(params, caplog):
     params.train.grad_cache_chunk, params.train.step = 2, "shared_prefix"
     adapter = make_adapter(params)
+    shared_prefix.warn_fallback.cache_clear()
     with caplog.at_level(logging.WARNING, logger=shared_prefix.log.name):
         terms = loss_terms(adapter, _batch(params, 4), params.train)
     assert "per-loss clipping" in caplog.text and set(terms) == {"lm", "con"}

@@ -29,6 +29,7 @@ not listed in :data:`PACKABLE`) fall back to the three-pass step with a logged m
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Sequence
 
@@ -42,6 +43,12 @@ from cafe.objective import caption_ids, info_nce
 from cafe.training.step import Backward, Term, _replay, _rng_snapshot, _spans, plain_backward
 
 log = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=None)
+def warn_fallback(reason: str) -> None:
+    """Say once per reason (not every step) that the three-pass step runs instead."""
+    log.warning("train.step=shared_prefix falls back to three_pass: %s", reason)
 
 PACKABLE = ("llava_onevision",)
 PREFIX, LANGUAGE, EMBEDDING, PADDING = 0, 1, 2, -1

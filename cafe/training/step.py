@@ -132,7 +132,7 @@ def loss_terms(adapter: VLMAdapter, batch: dict, cfg: TrainConfig,
         reason = shared_prefix.fallback_reason(adapter, cfg, backward)
         if reason is None:
             return shared_prefix.shared_prefix_terms(adapter, batch, cfg, backward)
-        shared_prefix.log.warning("train.step=shared_prefix falls back to three_pass: %s", reason)
+        shared_prefix.warn_fallback(reason)
     terms: dict[str, Term] = {}
     if cfg.objective.alpha_lm > 0:
         terms["lm"] = lm_term(adapter, batch, cfg.objective.alpha_lm, cfg.grad_cache_chunk, backward)
