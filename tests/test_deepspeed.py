@@ -1,5 +1,5 @@
 """Under the DeepSpeed engine (2 gloo ranks, ZeRO-0, ZeRO-2 and ZeRO-3) gradient caching applies exactly the gradient
-of the uncached step, which is the hand-averaged gradient of the DDP-style path; a DeepSpeed run checkpoints and
+of the uncached step, which is the hand-averaged gradient of the DDP-style path, and so does the shared-prefix step; a DeepSpeed run checkpoints and
 resumes to the weights of an uninterrupted one.
 
 The engine's applied gradient is read from the update of plain SGD with learning rate 1 (the update is minus
@@ -21,9 +21,9 @@ from tests.test_grad_cache import _batch
 pytestmark = pytest.mark.slow
 
 
-def _cfg(params, chunk):
+def _cfg(params, chunk, step="three_pass"):
     cfg = params.train.model_copy(deep=True)
-    cfg.grad_cache_chunk = chunk
+    cfg.grad_cache_chunk, cfg.step = chunk, step
     cfg.strategy = "deepspeed"
     cfg.optim.lr = cfg.optim.lr_vision = 1.0
     cfg.optim.warmup_ratio = 0.0
@@ -31,10 +31,10 @@ def _cfg(params, chunk):
     return cfg
 
 
-def _deepspeed_update(params, batch, stage, chunk, env):
+def _deepspeed_update(params, batch, stage, chunk, env, step="three_pass"):
     adapter = make_adapter(params, seed=3)
     before = {n: p.detach().clone() for n, p in adapter.model.named_parameters()}
-    cfg = _cfg(params, chunk)
+    cfg = _cfg(params, chunk, step)
     config = deepspeed_config(f"configs/deepspeed/zero{stage}.json", cfg, env)
     strategy = DeepSpeedStrategy(adapter.model, cfg, env, total_steps=1, config=config,
                                  optimizer=lambda groups: torch.optim.SGD(groups, lr=1.0))
@@ -44,9 +44,9 @@ def _deepspeed_update(params, batch, stage, chunk, env):
         return {n: before[n] - p.detach() for n, p in adapter.model.named_parameters()}
 
 
-def _hand_averaged(params, batch, chunk):
+def _hand_averaged(params, batch, chunk, step="three_pass"):
     adapter = make_adapter(params, seed=3)
-    for run in loss_terms(adapter, batch, _cfg(params, chunk)).values():
+    for run in loss_terms(adapter, batch, _cfg(params, chunk, step)).values():
         run()
     ps = list(adapter.model.parameters())
     average_gradients(ps)
@@ -65,6 +65,11 @@ def _worker(rank, port, params, out):
     for stage in (0, 2, 3):
         for chunk in (0, 2):  # 2: three chunks per rank
             result[(stage, chunk)] = _deepspeed_update(params, batch, stage, chunk, env)
+    # the shared-prefix step (one packed forward for both objectives) applies the same gradient
+    result["ddp", "shared_prefix"] = _hand_averaged(params, batch, chunk=0, step="shared_prefix")
+    for stage in (2, 3):
+        for chunk in (0, 2):
+            result[stage, chunk, "shared_prefix"] = _deepspeed_update(params, batch, stage, chunk, env, "shared_prefix")
     if rank == 0:
         torch.save(result, out)
     dist.destroy_process_group()
@@ -88,6 +93,10 @@ def test_grad_cache_is_exact_under_zero0_zero2_and_zero3(params, tmp_path):
     for stage in (0, 2, 3):
         _assert_close(r[(stage, 2)], r[(stage, 0)], f"ZeRO-{stage} cached vs uncached")
         _assert_close(r[(stage, 0)], r["ddp"], f"ZeRO-{stage} vs hand-averaged gradients")
+    _assert_close(r["ddp", "shared_prefix"], r["ddp"], "shared-prefix vs three-pass, 2 ranks")
+    for stage in (2, 3):
+        for chunk in (0, 2):
+            _assert_close(r[stage, chunk, "shared_prefix"], r[(stage, 0)], f"ZeRO-{stage} shared-prefix chunk {chunk}")
 
 
 def _fit_worker(rank, port, params, root):
