@@ -28,6 +28,7 @@ def one_thread():
 def test_harmful_shift_retrains_the_others_do_not(tmp_path, one_thread):
     from cafe.data import shapes
     from cafe.data.drift import KINDS, training_pairs, write_world
+    from cafe.data.pair_folder import write_pair_folder
     from cafe.models import build_tiny, load_adapter
     from cafe.monitoring.monitor import monitor
     from cafe.monitoring.reference import build_reference, probe_metrics
@@ -37,8 +38,10 @@ def test_harmful_shift_retrains_the_others_do_not(tmp_path, one_thread):
     p.model.tiny = SMALL_MODEL.model_copy()
     cfg = p.monitor
     cfg.report = False
-    pairs = training_pairs(write_world(tmp_path / "train", "in_distribution", 400, seed=10_000), tmp_path / "pairs.jsonl")
-    model = train_contrastive(p, pairs, tmp_path / "run", 200, progress=False, init=lambda: build_tiny(
+    p.repurpose.workers, p.repurpose.progress = 1, False
+    pairs = training_pairs(write_world(tmp_path / "train", "in_distribution", 400, seed=10_000))
+    assert write_pair_folder(pairs, tmp_path / "pairs", p.prompts.caption) == 2000
+    model = train_contrastive(p, tmp_path / "pairs", tmp_path / "run", 200, progress=False, init=lambda: build_tiny(
         shapes.vocabulary_corpus(), 64, p.model.tiny, p.prompts, p.model, seed=0))
     adapter = load_adapter(model, p.prompts, p.model, fresh_tuning=False)
     adapter.model.eval()
