@@ -31,11 +31,12 @@ import torch  # noqa: E402
 from cafe.config import TinyModelConfig, load_params  # noqa: E402
 from cafe.data import shapes  # noqa: E402
 from cafe.data.drift import KINDS, training_pairs, write_world  # noqa: E402
+from cafe.data.pair_folder import write_pair_folder  # noqa: E402
 from cafe.models import build_tiny, load_adapter  # noqa: E402
 from cafe.monitoring.monitor import monitor  # noqa: E402
 from cafe.monitoring.reference import build_reference, probe_metrics  # noqa: E402
 from cafe.monitoring.scenario import replay_world, train_contrastive as train  # noqa: E402
-from cafe.monitoring.window_data import window_pairs, write_pairs  # noqa: E402
+from cafe.monitoring.window_data import window_pairs  # noqa: E402
 
 SMALL = TinyModelConfig(vision_hidden=32, vision_layers=1, vision_heads=2, text_hidden=32, text_layers=2,
                         text_heads=2, text_kv_heads=1, text_intermediate=64)
@@ -75,8 +76,9 @@ def main() -> None:
     cfg.report = False
 
     train_set = write_world(work / "train", "in_distribution", args.train_images, seed=10_000)
-    pairs = training_pairs(train_set, work / "train_pairs.jsonl")
-    model_dir = train(p, pairs, work / "run", args.steps,
+    pairs = training_pairs(train_set)
+    write_pair_folder(pairs, work / "train_pairs", p.prompts.caption)
+    model_dir = train(p, work / "train_pairs", work / "run", args.steps,
                       lambda: build_tiny(shapes.vocabulary_corpus(), 64, p.model.tiny, p.prompts, p.model, seed=0))
     adapter = load_adapter(model_dir, p.prompts, p.model, fresh_tuning=False)
     adapter.model.eval()
@@ -104,9 +106,8 @@ def main() -> None:
             examples.setdefault(kind, summary["reasons"])
             print(kind, seed, summary["decision"], f"R@{cfg.recall_k}={sig['feedback']['recall']:.3f}", summary["reasons"])
 
-    # retraining on the harmful traffic window's feedback pairs (+ the original training pairs)
+    # retraining on the harmful traffic window's feedback pairs (+ the original training pairs): one folder
     retrain_seeds, eval_seeds = range(100, 105), range(200, 203)
-    mixed = work / "retrain_pairs.jsonl"
     window_lines = []
     for seed in retrain_seeds:
         data = work / "worlds" / f"harmful-{seed}"
@@ -115,8 +116,8 @@ def main() -> None:
 
         got, _ = window_pairs(log.read_window(), dict(gallery_items(data / "retrieval_karpathy.json")))
         window_lines += got
-    write_pairs(window_lines, work / "window_pairs.jsonl")
-    mixed.write_text(pairs.read_text() + (work / "window_pairs.jsonl").read_text())
+    mixed = work / "retrain_pairs"
+    write_pair_folder(pairs + window_lines, mixed, p.prompts.caption)
     before = {kind: feedback_recall(adapter, work, kind, eval_seeds, args.gallery, "v1-eval", cfg.recall_k)
               for kind in ("in_distribution", "harmful")}
     retrained = train(p, mixed, work / "retrain", args.retrain_steps, str(model_dir))
@@ -130,7 +131,7 @@ def main() -> None:
               "model": SMALL.model_dump(), "thresholds": cfg.model_dump(mode="json"),
               "reference": {k: ref_meta[k] for k in ("validation", "probe", "modality_gap")},
               "decision_rates": rates, "example_reasons": examples, "windows": rows,
-              "retraining": {"window_pairs": len(window_lines), "train_pairs": sum(1 for _ in pairs.open()),
+              "retraining": {"window_pairs": len(window_lines), "train_pairs": len(pairs),
                              f"feedback_R@{cfg.recall_k}_before": before, f"feedback_R@{cfg.recall_k}_after": after},
               "seconds": round(time.perf_counter() - start, 1)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

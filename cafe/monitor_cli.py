@@ -80,7 +80,7 @@ def monitor(ctx: typer.Context, model: Optional[str] = ModelOpt,
             probe: bool = typer.Option(True, "--probe/--no-probe", help="re-embed the probe set with the model"),
             out_dir: Optional[str] = typer.Option(None, "--out", "-o", help="default: monitor.out"),
             pairs_out: Optional[str] = typer.Option(None, "--pairs-out", help="on retrain: write the window's "
-                                                    "feedback pairs (JSON lines) here"),
+                                                    "feedback pairs here (an instruction folder)"),
             params: str = ParamsOpt, set: Optional[list[str]] = SetOpt) -> None:
     """Judge the current traffic window: summary.json with decision ok / warn / retrain + Evidently HTML."""
     if ctx.invoked_subcommand is not None:
@@ -136,7 +136,7 @@ def reference_cmd(model: str = typer.Option(..., "--model", "-m", help="model di
 
 
 @monitor_app.command("window")
-def window_cmd(out_path: str = typer.Option(..., "--out", "-o", help="pairs JSON lines"),
+def window_cmd(out_path: str = typer.Option(..., "--out", "-o", help="instruction folder (instructions.json + images/)"),
                params: str = ParamsOpt, set: Optional[list[str]] = SetOpt) -> None:
     """The current window's feedback-labelled searches as training pairs (chosen image, query text)."""
     from cafe.cli import _params

@@ -4,7 +4,8 @@ from kfp.dsl import HTML, Artifact, Dataset, Metrics, Output
 def monitor(params_file: str, overrides: list, reference: str, model: str, probe: bool,
             summary: Output[Artifact], report: Output[HTML], pairs: Output[Dataset], metrics: Output[Metrics]) -> str:
     """`cafe monitor` as a step: the traffic window against the served version's reference -> summary.json,
-    Evidently HTML, the window's feedback pairs, and the decision (ok / warn / retrain) as the step's output."""
+    Evidently HTML, the window's feedback pairs (an instruction folder: the training pipeline's
+    ``data_uri``), and the decision (ok / warn / retrain) as the step's output."""
     import json
     import shutil
     from pathlib import Path

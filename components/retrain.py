@@ -3,8 +3,9 @@ from kfp.dsl import Artifact, Dataset, Input, Output
 
 def retrain(pairs: Input[Dataset], params_file: str, overrides: list, mode: str, kfp_host: str,
             training_package: str, request: Output[Artifact]) -> str:
-    """Start the training pipeline on the window's feedback pairs (mode kfp), fine-tune here (local), or only
-    record the request (record); returns what was started."""
+    """Start the training pipeline with the window's feedback pairs (an instruction folder) as its
+    ``data_uri`` (mode kfp), repurpose and fine-tune here (local), or only record the request (record);
+    returns what was started."""
     import json
 
     from cafe.config import load_params

@@ -1,6 +1,6 @@
 """The drift scenario, short: a tiny model trained briefly on the in-distribution world, its reference, and
-one window of each kind judged with params.yaml's thresholds; the harmful window must ask for retraining and
-the other two must not (benchmarks/drift.py runs this over 20 seeds)."""
+three windows of each kind judged with params.yaml's thresholds; most harmful windows must ask for
+retraining and none of the others (benchmarks/drift.py runs this over 20 seeds)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ def one_thread():
 def test_harmful_shift_retrains_the_others_do_not(tmp_path, one_thread):
     from cafe.data import shapes
     from cafe.data.drift import KINDS, training_pairs, write_world
+    from cafe.data.pair_folder import write_pair_folder
     from cafe.models import build_tiny, load_adapter
     from cafe.monitoring.monitor import monitor
     from cafe.monitoring.reference import build_reference, probe_metrics
@@ -37,8 +38,10 @@ def test_harmful_shift_retrains_the_others_do_not(tmp_path, one_thread):
     p.model.tiny = SMALL_MODEL.model_copy()
     cfg = p.monitor
     cfg.report = False
-    pairs = training_pairs(write_world(tmp_path / "train", "in_distribution", 400, seed=10_000), tmp_path / "pairs.jsonl")
-    model = train_contrastive(p, pairs, tmp_path / "run", 200, progress=False, init=lambda: build_tiny(
+    p.repurpose.workers, p.repurpose.progress = 1, False
+    pairs = training_pairs(write_world(tmp_path / "train", "in_distribution", 400, seed=10_000))
+    assert write_pair_folder(pairs, tmp_path / "pairs", p.prompts.caption) == 2000
+    model = train_contrastive(p, tmp_path / "pairs", tmp_path / "run", 200, progress=False, init=lambda: build_tiny(
         shapes.vocabulary_corpus(), 64, p.model.tiny, p.prompts, p.model, seed=0))
     adapter = load_adapter(model, p.prompts, p.model, fresh_tuning=False)
     adapter.model.eval()
@@ -47,11 +50,15 @@ def test_harmful_shift_retrains_the_others_do_not(tmp_path, one_thread):
     meta, arrays = build_reference(adapter, cfg, top_k=10)
     assert meta["validation"]["R@5"] > 0.5, meta  # the model learned the training world
     probe = probe_metrics(adapter, cfg, 10)
-    decisions = {}
+    decisions = {kind: [] for kind in KINDS}
     for kind in KINDS:
-        log = replay_world(adapter, tmp_path, kind, 0, 100, "v1")
-        summary = monitor(log.read_window(), meta, arrays, cfg, tmp_path / "monitor" / kind, probe=probe)
-        decisions[kind] = (summary["decision"], summary["signals"]["feedback"]["recall"])
-    assert decisions["harmful"][0] == "retrain", decisions
-    assert decisions["in_distribution"][0] != "retrain" and decisions["harmless"][0] != "retrain", decisions
-    assert decisions["harmful"][1] < decisions["in_distribution"][1] - 0.1
+        for seed in range(3):
+            log = replay_world(adapter, tmp_path, kind, seed, 100, "v1")
+            summary = monitor(log.read_window(), meta, arrays, cfg, tmp_path / "monitor" / f"{kind}-{seed}", probe=probe)
+            decisions[kind].append((summary["decision"], summary["signals"]["feedback"]["recall"]))
+    why = (meta["validation"], decisions)
+    # the benchmark's rates: harmful windows mostly ask for retraining (0.85 over 20 seeds), the others never
+    assert sum(d == "retrain" for d, _ in decisions["harmful"]) >= 2, why
+    assert all(d != "retrain" for kind in ("in_distribution", "harmless") for d, _ in decisions[kind]), why
+    mean = {kind: sum(r for _, r in v) / len(v) for kind, v in decisions.items()}
+    assert mean["harmful"] < mean["in_distribution"] - 0.1, why

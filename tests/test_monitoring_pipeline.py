@@ -1,5 +1,5 @@
 """The monitoring pipeline's branch, both ways, with KFP's local runner: a window whose feedback shows
-retrieval falling starts the retraining step (here in ``record`` mode, on the window's pairs); an
+retrieval falling starts the retraining step (here in ``record`` mode, on the window's pairs folder); an
 in-distribution window does not."""
 
 from __future__ import annotations
@@ -60,9 +60,13 @@ def test_pipeline_retrains_only_when_quality_fell(tmp_path, monkeypatch, kind):
         request = json.loads(requests[0].read_text())
         # 120 labelled searches, 30% chose g0.png (in the gallery); the rest chose an item not in it
         assert 0 < request["pairs_count"] < 120
-        pairs = [json.loads(l) for l in Path(request["pairs"]).read_text().splitlines()]
-        assert all(Path(p["image"]).name == "g0.png" and p["caption"].startswith("q") for p in pairs)
-        assert f"train.data={request['pairs']}" in request["overrides"]
+        # the window's pairs: an instruction folder with the chosen image copied in, the training data_uri
+        folder = Path(request["pairs"])
+        records = json.loads((folder / "instructions.json").read_text())
+        assert len(records) == request["pairs_count"]
+        assert all(r["conversations"][1]["value"].startswith("q") for r in records)
+        assert {(folder / r["image"]).read_bytes() for r in records} == {(gallery / "g0.png").read_bytes()}
+        assert request["arguments"]["data_uri"] == str(folder)
     else:
         assert decision in ("ok", "warn")
         assert requests == []

@@ -214,7 +214,7 @@ def test_cafe_monitor_cli_reembeds_the_probe_with_the_served_model(world, params
     sets = ["-s", f"monitor.probe={karpathy}", "-s", "monitor.probe_images=10", "-s", "monitor.reference_images=30",
             "-s", f"monitor.traffic_store={tmp_path / 'traffic'}", "-s", f"serve.gallery={karpathy}"]
     result = CliRunner().invoke(app, ["monitor", "-m", str(model_dir), "--reference", str(tmp_path / "reference"),
-                                      "-o", str(tmp_path / "out"), "--pairs-out", str(tmp_path / "pairs.jsonl"),
+                                      "-o", str(tmp_path / "out"), "--pairs-out", str(tmp_path / "pairs"),
                                       "-p", str(tmp_path / "none.yaml"), *sets])
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
@@ -223,30 +223,47 @@ def test_cafe_monitor_cli_reembeds_the_probe_with_the_served_model(world, params
     assert summary["decision"] == "warn"  # the one logged embedding is missing: 100% invalid
     assert summary["signals"]["invalid"]["examples"][0]["why"] == "missing"
     assert any("1 labelled queries" in n for n in summary["not_judged"])
-    (pair,) = [json.loads(l) for l in (tmp_path / "pairs.jsonl").read_text().splitlines()]
-    assert pair["caption"] == "a large red circle." and Path(pair["image"]).name == "ret000001.png"
+    # the window's one labelled search as a self-contained instruction folder: the chosen image copied in
+    (record,) = json.loads((tmp_path / "pairs" / "instructions.json").read_text())
+    assert record["conversations"] == [{"from": "human", "value": f"<image>\n{params.prompts.caption}"},
+                                       {"from": "gpt", "value": "a large red circle."}]
+    assert (tmp_path / "pairs" / record["image"]).read_bytes() == (world / "eval" / "images" / "ret000001.png").read_bytes()
 
 
 def test_retraining_modes(world, params, model_dir, tmp_path):
-    """record writes the request; local fine-tunes on the window pairs from the served model; kfp without an
-    endpoint, an empty window and an unknown mode are refused with the reason."""
+    """record writes the request (the window folder as the training pipeline's data_uri); local repurposes the
+    folder into shards and fine-tunes on them from the served model; kfp without an endpoint, an empty window
+    and an unknown mode are refused with the reason."""
+    from cafe.data.pair_folder import write_pair_folder
+    from cafe.data.shards import read_data_version
     from cafe.monitoring.retrain import start_retraining
+    from pipelines.training import build
 
     images = sorted((world / "eval" / "images").glob("ret*.png"))[:4]
-    pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text("".join(json.dumps({"id": f"t{i}", "image": str(p), "caption": "a large red circle."}) + "\n"
-                             for i, p in enumerate(images)))
-    params.monitor.retrain_overrides = ["train.max_steps=1", "train.batch_size=2", f"train.base_model={model_dir}",
-                                        f"train.output={tmp_path / 'retrained'}"]
+    pairs = tmp_path / "window"
+    write_pair_folder([{"id": f"t{i}", "image": str(p), "caption": f"query {i}."} for i, p in enumerate(images)],
+                      pairs, params.prompts.caption)
+    params.monitor.retrain_overrides = ["train.epochs=1", "train.batch_size=2", f"train.base_model={model_dir}",
+                                        f"train.output={tmp_path / 'retrained'}", "repurpose.val_fraction=0"]
     request = start_retraining(params, str(pairs), "record", str(tmp_path / "request.json"))
     assert request["pairs_count"] == 4 and request["started"] is None
-    assert json.loads((tmp_path / "request.json").read_text())["overrides"][-1] == f"train.data={pairs}"
-    local = start_retraining(params, str(pairs), "local", str(tmp_path / "request.json"))
-    assert (Path(local["started"]["local_model"]) / "config.json").is_file()
+    arguments = json.loads((tmp_path / "request.json").read_text())["arguments"]
+    assert arguments == {"data_uri": str(pairs), "overrides": params.monitor.retrain_overrides}
+    assert set(arguments) <= set(build("img", params).component_spec.inputs)  # what kfp mode submits are the training pipeline's parameters
+
+    local = start_retraining(params, str(pairs), "local", str(tmp_path / "request.json"))["started"]
+    shards = tmp_path / "retrained" / "pairs"
+    assert local["data"] == str(shards) and local["kept"] == 4
+    assert local["data_version"] == read_data_version(shards)
+    assert (Path(local["local_model"]) / "config.json").is_file()
+    # one epoch over the four repurposed pairs in batches of two: two steps (the world's pairs would be 80)
+    steps = [json.loads(l) for l in (tmp_path / "retrained" / "train_log.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == [1, 2]
+
     with pytest.raises(ValueError, match="KFP endpoint"):
         start_retraining(params, str(pairs), "kfp", str(tmp_path / "r.json"))
     with pytest.raises(ValueError, match="use kfp, local or record"):
         start_retraining(params, str(pairs), "later", str(tmp_path / "r.json"))
-    (tmp_path / "empty.jsonl").write_text("")
+    write_pair_folder([], tmp_path / "empty", params.prompts.caption)
     with pytest.raises(ValueError, match="no feedback-labelled pairs"):
-        start_retraining(params, str(tmp_path / "empty.jsonl"), "record", str(tmp_path / "r.json"))
+        start_retraining(params, str(tmp_path / "empty"), "record", str(tmp_path / "r.json"))

@@ -7,7 +7,8 @@
   — the captions use known words, but the model never learned these combinations or this size.
 
 Each world is written like the evaluation sets (images + a Karpathy-split JSON, five phrasings per image),
-and :func:`training_pairs` writes the pairs JSON lines `cafe train` reads.
+and :func:`training_pairs` lists its (image, caption) pairs for an instruction folder
+(:func:`cafe.data.pair_folder.write_pair_folder`).
 """
 
 from __future__ import annotations
@@ -73,14 +74,10 @@ def write_world(out: str | Path, kind: str, images: int, seed: int, size: int = 
     return path
 
 
-def training_pairs(karpathy: str | Path, out: str | Path, per_image: int = 5) -> Path:
-    """Pairs JSON lines (``id``, absolute ``image``, ``caption``): up to ``per_image`` phrasings per image."""
+def training_pairs(karpathy: str | Path, per_image: int = 5) -> list[dict]:
+    """(``id``, absolute ``image``, ``caption``) pairs: up to ``per_image`` phrasings per image."""
     data = json.loads(Path(karpathy).read_text())
     root = Path(karpathy).parent
-    lines = []
-    for entry in data["images"]:
-        image = str((root / entry["filepath"] / entry["filename"]).resolve())
-        for s in entry["sentences"][:per_image]:
-            lines.append(json.dumps({"id": f"{entry['filename']}-{s['sentid']}", "image": image, "caption": s["raw"]}))
-    Path(out).write_text("\n".join(lines) + "\n")
-    return Path(out)
+    return [{"id": f"{entry['filename']}-{s['sentid']}", "caption": s["raw"],
+             "image": str((root / entry["filepath"] / entry["filename"]).resolve())}
+            for entry in data["images"] for s in entry["sentences"][:per_image]]

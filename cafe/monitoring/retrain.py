@@ -1,8 +1,11 @@
-"""Starting the retraining a ``retrain`` decision asks for, with the traffic window's feedback pairs.
+"""Starting the retraining a ``retrain`` decision asks for, with the traffic window's feedback pairs (an
+instruction folder, :mod:`cafe.data.pair_folder`).
 
 Modes: ``kfp`` submits the compiled training pipeline (``pipelines/training.py``) to a KFP endpoint with the
-window's pairs as ``train.data`` (plus ``monitor.retrain_overrides``); ``local`` fine-tunes in this process with
-the cafe trainer (the embedded default, no cluster); ``record`` only writes the request (what would be started).
+window folder's URI as its ``data_uri`` (its repurpose step makes the shards) and ``monitor.retrain_overrides``
+as its ``overrides``; ``local`` repurposes the folder into shards under ``train.output`` and fine-tunes on them
+in this process with the cafe trainer (the embedded default, no cluster); ``record`` only writes the request
+(what would be started).
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ from cafe.config import Params
 
 
 def retrain_request(p: Params, pairs: str, pairs_uri: str = "") -> dict:
-    """What to start: the pairs (``pairs_uri``, e.g. the artifact's s3:// URI, where another run can read them;
-    default the local path) as ``train.data``, after ``monitor.retrain_overrides``."""
-    n = sum(1 for line in Path(pairs).read_text().splitlines() if line.strip()) if Path(pairs).is_file() else 0
+    """What to start: the training pipeline's arguments, ``data_uri`` = the window folder (``pairs_uri``, e.g.
+    the artifact's s3:// URI, where another run can read it; default the local path) and
+    ``overrides`` = ``monitor.retrain_overrides``."""
+    from cafe.data.pair_folder import count_records
+
     where = pairs_uri or pairs
-    return {"pairs": pairs, "pairs_uri": where, "pairs_count": n,
-            "overrides": [*p.monitor.retrain_overrides, f"train.data={where}"],
+    return {"pairs": pairs, "pairs_count": count_records(pairs),
+            "arguments": {"data_uri": where, "overrides": list(p.monitor.retrain_overrides)},
             "requested_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
@@ -36,18 +41,10 @@ def start_retraining(p: Params, pairs: str, mode: str, out: str, kfp_host: str =
         if not (kfp_host and training_package):
             raise ValueError("mode kfp needs the KFP endpoint (kfp_host) and the compiled training pipeline package")
         run = kfp.Client(host=kfp_host).create_run_from_pipeline_package(
-            training_package, arguments={"overrides": request["overrides"]}, experiment_name=experiment)
+            training_package, arguments=request["arguments"], experiment_name=experiment)
         request["started"] = {"kfp_run_id": run.run_id}
     elif mode == "local":
-        from cafe.config import _merge, parse_overrides
-        from cafe.data.samples import load_pair_samples
-        from cafe.distributed import DistEnv
-        from cafe.training.trainer import Trainer
-
-        q = Params.model_validate(_merge(p.model_dump(mode="json"), parse_overrides(request["overrides"])))
-        model = Trainer(q.train, q, DistEnv()).fit(load_pair_samples(q.train.data, q.prompts.caption),
-                                                   q.train.base_model, resume=False)
-        request["started"] = {"local_model": str(model)}
+        request["started"] = _fine_tune_here(p, pairs)
     elif mode == "record":
         request["started"] = None
     else:
@@ -56,3 +53,18 @@ def start_retraining(p: Params, pairs: str, mode: str, out: str, kfp_host: str =
     Path(out).write_text(json.dumps(request, indent=1))
     return request
 
+
+def _fine_tune_here(p: Params, pairs: str) -> dict:
+    """``local``: the folder -> shards at ``<train.output>/pairs`` (after the overrides) -> the trainer."""
+    from cafe.config import _merge, parse_overrides
+    from cafe.data.pair_folder import repurpose_folder
+    from cafe.data.pairs import pairs_dataset
+    from cafe.distributed import DistEnv
+    from cafe.training.trainer import Trainer
+
+    q = Params.model_validate(_merge(p.model_dump(mode="json"), parse_overrides(p.monitor.retrain_overrides)))
+    q.train.data = str(Path(q.train.output) / "pairs")
+    stats = repurpose_folder(q.repurpose, pairs, q.train.data)
+    model = Trainer(q.train, q, DistEnv()).fit(pairs_dataset(q), q.train.base_model, resume=False)
+    return {"local_model": str(model), "data": q.train.data, "data_version": stats["data_version"],
+            "kept": stats["kept"]}

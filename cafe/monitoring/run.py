@@ -9,7 +9,8 @@ from cafe.config import Params
 
 def run_monitor(p: Params, model: str | None = None, reference: str | None = None, out: str | None = None,
                 pairs_out: str | None = None, probe: bool = True) -> tuple[dict, dict | None]:
-    """``(summary, window pair counts or None)``; with ``pairs_out`` the window's feedback pairs are written."""
+    """``(summary, window pair counts or None)``; with ``pairs_out`` the window's feedback pairs are written
+there as an instruction folder."""
     from cafe.monitoring.monitor import monitor
     from cafe.monitoring.reference import fetch_reference, load_reference, probe_metrics
     from cafe.registry import Registry
@@ -39,9 +40,11 @@ def run_monitor(p: Params, model: str | None = None, reference: str | None = Non
 
 
 def write_window_pairs(window, p: Params, pairs_out: str) -> dict:
-    from cafe.monitoring.window_data import window_pairs, write_pairs
+    """The window's feedback pairs -> the instruction folder ``pairs_out`` (caption prompt of ``p``); counts."""
+    from cafe.data.pair_folder import write_pair_folder
+    from cafe.monitoring.window_data import window_pairs
     from cafe.serving.index import gallery_items
 
     pairs, counts = window_pairs(window, dict(gallery_items(p.serve.gallery)))
-    write_pairs(pairs, pairs_out)
+    counts["pairs"] = write_pair_folder(pairs, pairs_out, p.prompts.caption)
     return counts
