@@ -40,6 +40,7 @@ def _compare(adapter, batch, cfg) -> None:
     cfg.step = "three_pass"
     ref_losses, ref_grads = _run(adapter, batch, cfg)
     cfg.step = "shared_prefix"
+    assert shared_prefix.fallback_reason(adapter, cfg, shared_prefix.plain_backward) is None  # really packed
     losses, grads = _run(adapter, batch, cfg)
     assert losses.keys() == ref_losses.keys()
     for name in losses:
@@ -52,9 +53,10 @@ def _compare(adapter, batch, cfg) -> None:
         assert error <= 1e-5 * scale + 1e-5, f"{name}: gradient error {error:.1e} (norm {scale:.1e})"
 
 
+@pytest.mark.parametrize("family", ["llava_onevision", "llava"])
 @pytest.mark.parametrize("side", ["left", "right"])
-def test_equal_to_three_pass(params, side):
-    params.model.embed_padding_side = side
+def test_equal_to_three_pass(params, side, family):
+    params.model.embed_padding_side, params.model.family = side, family
     adapter = make_adapter(params)
     _compare(adapter, _batch(params, 4), params.train)
 

@@ -50,7 +50,7 @@ def warn_fallback(reason: str) -> None:
     """Say once per reason (not every step) that the three-pass step runs instead."""
     log.warning("train.step=shared_prefix falls back to three_pass: %s", reason)
 
-PACKABLE = ("llava_onevision",)
+PACKABLE = ("llava_onevision", "llava")
 PREFIX, LANGUAGE, EMBEDDING, PADDING = 0, 1, 2, -1
 
 
