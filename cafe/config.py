@@ -173,12 +173,18 @@ class PretrainConfig(_Section):
     steps: int = 2000
     batch_size: int = 32
     lr: float = 2e-3
-    # vision tower during the language-only steps: None = lr; 0 = frozen (as LLaVA's first stage keeps it)
+    # vision tower during the language-only steps when it is not frozen: None = lr
     lr_vision: Optional[float] = None
-    # vision warm-up before the language-only steps (cafe/training/vision_warmup.py): per-cell attributes
+    # vision warm-up before the language-only steps (cafe/training/vision_warmup.py): per-cell attributes.
+    # "words": tower + projector learn to put the LM's own embeddings of the words naming each cell's object
+    # at that cell's image token (LLaVA's projector alignment in miniature); "heads": the tower alone, with
+    # linear heads that are thrown away
+    vision_target: Literal["words", "heads"] = "words"
     vision_steps: int = 600
     vision_lr: float = 1e-3
     vision_batch_size: int = 64
+    # parts kept as the warm-up left them during the language-only steps (no gradients at all)
+    frozen: list[Literal["vision_tower", "projector"]] = Field(default_factory=lambda: ["vision_tower", "projector"])
     warmup_ratio: float = 0.05
     seed: int = 0
     save_every: int = 250  # steps; a long pretraining keeps its progress

@@ -12,10 +12,12 @@ import json
 from pathlib import Path
 
 from cafe.config import ObjectiveConfig, OptimConfig, Params, TrainConfig
-from cafe.data.samples import load_instruction_samples
+from cafe.data.samples import Sample, load_instruction_samples
 from cafe.data.shapes import vocabulary_corpus
 from cafe.distributed import DistEnv
 from cafe.models import build_tiny
+from cafe.models.adapter import VLMAdapter
+from cafe.models.tuning import apply_trainable, resolve_trainable
 from cafe.training.trainer import Trainer
 from cafe.training.vision_warmup import warm_up_vision
 
@@ -29,22 +31,39 @@ def pretrain_config(params: Params) -> TrainConfig:
     )
 
 
+def language_stage_params(params: Params) -> Params:
+    """The params the language-only steps run with: the parts in ``pretrain.frozen`` take no gradients (as
+    LLaVA keeps its pretrained tower), also when resuming from a checkpoint."""
+    frozen = {part: False for part in params.pretrain.frozen}
+    trainable = params.model.trainable.model_copy(update=frozen)
+    return params.model_copy(update={"model": params.model.model_copy(update={"trainable": trainable})})
+
+
+def build_base(params: Params, samples: list[Sample], progress: bool = True) -> tuple[VLMAdapter, dict | None]:
+    """The tiny model with a tokenizer trained on the samples, its tower warmed up (``pretrain.vision_steps``)
+    and its trainable parts marked: what the language-only steps start from. Also the warm-up's summary."""
+    p = params.pretrain
+    corpus = vocabulary_corpus() + sorted({s.prompt for s in samples} | {s.answer for s in samples})
+    adapter = build_tiny(corpus, params.synth.image_size, params.model.tiny, params.prompts, params.model, seed=p.seed)
+    summary = None
+    if p.vision_steps > 0:
+        summary = warm_up_vision(adapter, samples, p.vision_steps, p.vision_lr, p.vision_batch_size, seed=p.seed,
+                                 progress=progress, target=p.vision_target)
+    adapter.trainable = resolve_trainable(language_stage_params(params).model.trainable, set())
+    apply_trainable(adapter, adapter.trainable)
+    return adapter, summary
+
+
 def pretrain(params: Params, dist: DistEnv, resume: bool = True) -> Path:
     """Build the tiny model and train it language-only; returns the model directory."""
     cfg = pretrain_config(params)
     samples = load_instruction_samples(cfg.data)
-    corpus = vocabulary_corpus() + sorted({s.prompt for s in samples} | {s.answer for s in samples})
 
     def init():
-        adapter = build_tiny(corpus, params.synth.image_size, params.model.tiny, params.prompts, params.model,
-                             seed=params.pretrain.seed)
-        p = params.pretrain
-        if p.vision_steps > 0:
-            summary = warm_up_vision(adapter, samples, p.vision_steps, p.vision_lr, p.vision_batch_size, seed=p.seed,
-                                     progress=dist.is_main)
-            if dist.is_main:
-                Path(cfg.output).mkdir(parents=True, exist_ok=True)
-                (Path(cfg.output) / "vision_warmup.json").write_text(json.dumps(summary, indent=1))
+        adapter, summary = build_base(params, samples, progress=dist.is_main)
+        if summary is not None and dist.is_main:
+            Path(cfg.output).mkdir(parents=True, exist_ok=True)
+            (Path(cfg.output) / "vision_warmup.json").write_text(json.dumps(summary, indent=1))
         return adapter
 
-    return Trainer(cfg, params, dist).fit(samples, init, resume=resume)
+    return Trainer(cfg, language_stage_params(params), dist).fit(samples, init, resume=resume)

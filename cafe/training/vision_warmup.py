@@ -58,14 +58,53 @@ def _cell_pooling(tokens: int, image_size: int) -> torch.Tensor:
     return pool / pool.sum(dim=1, keepdim=True).clamp(min=1.0)
 
 
+EMPTY_WORD = "background"  # what the "words" target names an empty cell with
+
+
+class _WordHeads:
+    """Per attribute, scaled cosine similarity of a cell's token with the language model's (fixed) embeddings
+    of that attribute's words: training against it puts the words' own directions into the image tokens."""
+
+    def __init__(self, adapter: VLMAdapter, scale: float = 10.0):
+        tokenizer = adapter.tokenizer
+        words = {k: [*v, EMPTY_WORD] for k, v in ATTRIBUTES.items()}
+        unknown = [w for v in words.values() for w in v if tokenizer.convert_tokens_to_ids(w) in (None, tokenizer.unk_token_id)]
+        if unknown:
+            raise ValueError(f"pretrain.vision_target=words: the tokenizer has no single token for {unknown}; "
+                             "train it on the shapes world's vocabulary, or set pretrain.vision_target=heads")
+        self.table = adapter.model.get_input_embeddings().weight
+        self.ids = {k: [tokenizer.convert_tokens_to_ids(w) for w in v] for k, v in words.items()}
+        self.scale = scale
+
+    def __call__(self, cells: torch.Tensor) -> dict[str, torch.Tensor]:
+        cells = F.normalize(cells, dim=-1)
+        return {k: self.scale * cells @ F.normalize(self.table[ids].detach(), dim=-1).T for k, ids in self.ids.items()}
+
+
+class _LinearHeads(torch.nn.Module):
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.heads = torch.nn.ModuleDict({k: torch.nn.Linear(hidden, len(v) + 1) for k, v in ATTRIBUTES.items()})
+
+    def forward(self, cells: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {k: head(cells) for k, head in self.heads.items()}
+
+
 def warm_up_vision(adapter: VLMAdapter, samples: list[Sample], steps: int, lr: float, batch_size: int,
-                   seed: int = 0, progress: bool = True) -> dict[str, float]:
-    """Train the adapter's vision tower in place on per-cell attributes; returns the last steps' accuracies."""
+                   seed: int = 0, progress: bool = True, target: str = "heads") -> dict[str, float]:
+    """Train the adapter's vision side in place on per-cell attributes; returns the last steps' accuracies.
+
+    ``target="heads"``: the tower alone, through linear heads on its features. ``target="words"``: the tower
+    and the projector, so that each cell's image token points at the LM's embeddings of the words that name
+    the object there (the embeddings stay fixed)."""
     from PIL import Image
 
+    if target not in ("heads", "words"):
+        raise ValueError(f"pretrain.vision_target={target!r}: use 'words' or 'heads'")
     paths, labels = cell_labels(samples)
     model = adapter.model
     tower = model.model.vision_tower
+    projector = model.model.multi_modal_projector
     layer = model.config.vision_feature_layer
     image_size = model.config.vision_config.image_size
 
@@ -80,9 +119,12 @@ def warm_up_vision(adapter: VLMAdapter, samples: list[Sample], steps: int, lr: f
     pixels = torch.cat(pixels).to(adapter.device)
     labels = labels.to(adapter.device)
 
-    hidden = model.config.vision_config.hidden_size
-    heads = torch.nn.ModuleDict({k: torch.nn.Linear(hidden, len(v) + 1) for k, v in ATTRIBUTES.items()}).to(adapter.device)
-    opt = torch.optim.AdamW([*tower.parameters(), *heads.parameters()], lr=lr)
+    if target == "words":
+        heads, trained = _WordHeads(adapter), [*tower.parameters(), *projector.parameters()]
+    else:
+        heads = _LinearHeads(model.config.vision_config.hidden_size).to(adapter.device)
+        trained = [*tower.parameters(), *heads.parameters()]
+    opt = torch.optim.AdamW(trained, lr=lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     gen = torch.Generator().manual_seed(seed)
     pool = None
@@ -93,16 +135,17 @@ def warm_up_vision(adapter: VLMAdapter, samples: list[Sample], steps: int, lr: f
     for step in bar:
         idx = torch.randint(0, len(pixels), (batch_size,), generator=gen).to(adapter.device)
         features = tower(pixel_values=pixels[idx], output_hidden_states=True).hidden_states[layer]
+        if target == "words":
+            features = projector(features)  # the image tokens the language model reads
         if pool is None:
             pool = _cell_pooling(features.shape[1], image_size).to(features)
-        cells = torch.einsum("ct,bth->bch", pool, features)
+        logits = heads(torch.einsum("ct,bth->bch", pool, features))
         loss = torch.zeros((), device=adapter.device)
         correct = []
-        for i, (name, head) in enumerate(heads.items()):
-            logits = head(cells)
-            loss = loss + F.cross_entropy(logits.flatten(0, 1), labels[idx, :, i].flatten())
-            occupied = labels[idx, :, 0] < len(ATTRIBUTES["colour"])
-            correct.append((logits.argmax(-1) == labels[idx, :, i])[occupied].float().mean())
+        occupied = labels[idx, :, 0] < len(ATTRIBUTES["colour"])
+        for i, name in enumerate(ATTRIBUTES):
+            loss = loss + F.cross_entropy(logits[name].flatten(0, 1), labels[idx, :, i].flatten())
+            correct.append((logits[name].argmax(-1) == labels[idx, :, i])[occupied].float().mean())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -112,6 +155,7 @@ def warm_up_vision(adapter: VLMAdapter, samples: list[Sample], steps: int, lr: f
             acc = torch.stack(recent).mean(0)
             bar.set_postfix({"loss": f"{loss.item():.3f}", **{k: f"{a:.2f}" for k, a in zip(ATTRIBUTES, acc.tolist())}})
     bar.close()
+    opt.zero_grad(set_to_none=True)
     acc = torch.stack(recent).mean(0).tolist() if recent else [0.0] * len(ATTRIBUTES)
     summary = {f"{k}_accuracy": a for k, a in zip(ATTRIBUTES, acc)}
     summary["seconds"] = time.perf_counter() - start
