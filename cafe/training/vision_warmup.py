@@ -1,13 +1,16 @@
-"""Vision warm-up for the embedded base: the tiny tower's stand-in for SigLIP's own pretraining.
+"""Vision warm-up for the embedded base: the tiny model's stand-in for SigLIP's own pretraining and for
+LLaVA's projector-alignment stage.
 
 A real LLaVA-OneVision starts from a vision tower that was pretrained before the language model ever saw
-it. The tiny tower starts from random weights, and the next-token loss alone teaches it colour, size and
-position but hardly shape (measured: after 2500 language-only steps the base named one shape for every
-object). So before language-only pretraining, the tower is trained for a few hundred cheap steps to
-recognise, cell by cell of the shapes world's 3x3 grid, the colour, shape and size of the object there
-(labels read from the training data's detailed descriptions), through the same image processor and from
-the same features (``vision_feature_layer``) the language model later reads. The linear heads are thrown
-away; the base has still never been asked to embed.
+it, and a projector aligned to the language model's embeddings. The tiny model starts from random weights,
+and the next-token loss alone teaches it colour, size and position but hardly shape (measured: after 2500
+language-only steps the base named one shape for every object). So before language-only pretraining, the
+vision side is trained for a few hundred cheap steps on, cell by cell of the shapes world's 3x3 grid, the
+colour, shape and size of the object there (labels read from the training data's detailed descriptions),
+through the same image processor and from the same features (``vision_feature_layer``) the language model
+later reads. Target "words" trains tower and projector so that each cell's image token points at the
+language model's (fixed) embeddings of the words naming its object; target "heads" trains the tower alone
+through linear heads that are thrown away. Either way the base has still never been asked to embed.
 """
 
 from __future__ import annotations
