@@ -40,7 +40,7 @@ def language_stage_params(params: Params) -> Params:
 
 
 def build_base(params: Params, samples: list[Sample], progress: bool = True) -> tuple[VLMAdapter, dict | None]:
-    """The tiny model with a tokenizer trained on the samples, its tower warmed up (``pretrain.vision_steps``)
+    """The tiny model with a tokenizer trained on the samples, its vision side warmed up (``pretrain.vision_steps``)
     and its trainable parts marked: what the language-only steps start from. Also the warm-up's summary."""
     p = params.pretrain
     corpus = vocabulary_corpus() + sorted({s.prompt for s in samples} | {s.answer for s in samples})
