@@ -71,7 +71,8 @@ class _WordHeads:
     def __init__(self, adapter: VLMAdapter, scale: float = 10.0):
         tokenizer = adapter.tokenizer
         words = {k: [*v, EMPTY_WORD] for k, v in ATTRIBUTES.items()}
-        unknown = [w for v in words.values() for w in v if tokenizer.convert_tokens_to_ids(w) in (None, tokenizer.unk_token_id)]
+        missing = (None, tokenizer.unk_token_id)
+        unknown = [w for v in words.values() for w in v if tokenizer.convert_tokens_to_ids(w) in missing]
         if unknown:
             raise ValueError(f"pretrain.vision_target=words: the tokenizer has no single token for {unknown}; "
                              "train it on the shapes world's vocabulary, or set pretrain.vision_target=heads")
