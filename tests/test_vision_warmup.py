@@ -88,3 +88,14 @@ def test_pretraining_keeps_the_frozen_parts_as_the_warm_up_left_them(params, wor
     assert not changed[2] & vision
     assert any(n.startswith("model.language_model.") for n in changed[2])
     assert changed[0] & vision, "with nothing frozen the same steps move tower and projector (the control)"
+
+
+def test_words_target_names_the_words_a_tokenizer_lacks(params, world):
+    import pytest
+
+    from cafe.models import build_tiny
+
+    adapter = build_tiny(["a small red circle"], params.synth.image_size, params.model.tiny, params.prompts, params.model)
+    samples = load_instruction_samples(world / "train" / "instructions.json")
+    with pytest.raises(ValueError, match=r"no single token for .*'square'.*'background'.*vision_target=heads"):
+        warm_up_vision(adapter, samples, steps=1, lr=1e-3, batch_size=4, progress=False, target="words")
