@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 
 from cafe.cli import app
 from cafe.config import ConfigError, parse_overrides
-from cafe.pipeline_io import (field_overrides, job_name, log_metrics,
-                              stage_params, store_uri)
+from cafe.pipeline_io import field_overrides, job_name, log_metrics, stage_params
+from cafe.storage import store_uri
 from conftest import make_adapter
 from kube_api import kube_api  # noqa: F401  (fixture)
 
