@@ -30,7 +30,8 @@ from cafe.stages.promote import promote
 from cafe.stages.smoke import smoke
 
 METRICS = Path("metrics")
-TRAFFIC = Path("runs/demo/traffic")  # a fresh window each run: only the demo's own requests
+WORK = Path("runs/demo")  # the serving log, gallery index and monitor output of the demo
+TRAFFIC = WORK / "traffic"  # a fresh window each run: only the demo's own requests
 
 
 def repro(console: Console) -> int:
@@ -77,14 +78,15 @@ def run(console: Console, params_file: str = "params.yaml", traffic_requests: in
     console.print(f"promoted {version} to {p.serve.ref}")
 
     shutil.rmtree(TRAFFIC, ignore_errors=True)
-    stores = [f"serve.traffic_store={TRAFFIC}", f"monitor.traffic_store={TRAFFIC}"]
+    stores = [f"serve.traffic_store={TRAFFIC}", f"monitor.traffic_store={TRAFFIC}",
+              f"serve.index_store={WORK / 'indexes'}"]
     served = smoke(params_file, stores, p.serve.model_name, p.serve.gallery, traffic_requests,
-                   log=Path("runs/demo/serve.log"))
+                   log=WORK / "serve.log")
     console.print(f"served {served['version']} on 127.0.0.1 (pid {served['pid']}, stopped): embedding dim "
                   f"{served['embedding_dim']}, caption {served['caption']!r}; traffic window of {served['searches']} "
                   f"searches, {served['images']} images, {served['feedback']} with feedback")
     p = load_params(params_file, stores)
-    summary, _ = monitor(p, out=str(Path("runs/demo/monitor")))
+    summary, _ = monitor(p, out=str(WORK / "monitor"))
     print_monitor_summary(summary, console)
     console.print(f"monitor decision for {version}: [bold]{summary['decision']}[/bold]  "
                   f"(total {time.time() - start:.0f}s; report in reports/report.html, monitor in runs/demo/monitor/)")
