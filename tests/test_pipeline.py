@@ -256,6 +256,7 @@ def _tiny_params_file(params, tmp_path: Path) -> Path:
     params.gate.floors, params.gate.max_regression = {"i2t_R@1": 0.0}, {"i2t_R@1": 1.0}
     params.gate.resamples, params.gate.geometry_resamples = 50, 10
     params.registry.store = str(tmp_path / "registry")
+    params.monitor.probe_images, params.monitor.reference_images = 10, 30  # the register step's monitor reference
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params.model_dump(mode="json")))
     return path
@@ -273,7 +274,7 @@ def test_local_run_registers_when_the_gate_passes_and_not_when_it_fails(params, 
     registry = Registry(tmp_path / "registry")
     (record,) = registry.list("cafe")
     assert record["gate"]["passed"] and registry.aliases("cafe") == {"candidate": 1}
-    assert "per_item.npz" in record["files"]
+    assert {"per_item.npz", "monitor/reference.json", "monitor/reference.npz"} <= set(record["files"])
     assert record["parent"] == params.train.base_model
     from cafe.data.repurpose import repurpose  # the same data repurposed outside the pipeline (as `dvc repro` does)
     from cafe.data.shards import read_data_version
