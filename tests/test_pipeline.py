@@ -309,3 +309,20 @@ def test_errors_are_printed_whole_at_80_columns(tmp_path, monkeypatch):
             and "'train_mode']\n" in result.output), result.output
     bad = CliRunner().invoke(app, ["pipeline", "run", "--local", "--arg", f"data_uri={deep}"])
     assert f"error: data_uri {deep} does not exist; on the embedded default run" in bad.output, bad.output
+
+
+def test_every_parameter_is_described_and_the_cluster_config_defaults_to_the_object_store(tmp_path):
+    for name in ("training", "monitoring"):
+        out = tmp_path / f"{name}.yaml"
+        result = CliRunner().invoke(app, ["pipeline", "compile", "--pipeline", name, "-o", str(out)])
+        assert result.exit_code == 0, result.output
+        inputs = yaml.safe_load(out.read_text())["root"]["inputDefinitions"]["parameters"]
+        undescribed = [k for k, v in inputs.items() if not v.get("description")]
+        assert not undescribed, (name, undescribed)
+
+    out = tmp_path / "cluster.yaml"
+    result = CliRunner().invoke(app, ["pipeline", "compile", "-p", "configs/cluster/llava-ov-0.5b.yaml", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    inputs = kfp_components.load_component_from_file(str(out)).component_spec.inputs
+    for name in ("data_uri", "eval_data_uri", "registry_store", "checkpoint_root"):
+        assert str(inputs[name].default).startswith("s3://"), (name, inputs[name].default)
