@@ -36,6 +36,8 @@ def test_register_stores_per_item_results_and_the_monitor_reference(evaluated):
     params, tmp = evaluated
     verdict = gate(params, tmp / "eval", tmp / "gate", base=tmp / "eval" / "metrics.json")
     assert verdict["passed"] and verdict["reference"] == f"file {tmp / 'eval' / 'metrics.json'}"
+    numbers = json.loads((tmp / "gate" / "metrics.json").read_text())  # what `dvc metrics show` lists
+    assert numbers == {"passed": 1, "checks": verdict["summary"]["total"], "failed": 0}
     record = register(params, tmp / "model", tmp / "eval", tmp / "gate", data_version=str(tmp / "pairs"),
                       record_out=tmp / "record.json", card_out=tmp / "card.md")
     assert {"per_item.npz", "metrics.json", "gate.json", "MODEL_CARD.md", "monitor/reference.json",
