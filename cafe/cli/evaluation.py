@@ -8,8 +8,8 @@ from typing import Optional
 
 import typer
 
-from cafe.cli.options import (ParamsOpt, SetOpt, console, failures, named_dirs, out as stdout, params as load,
-                              quiet_libraries)
+from cafe.cli.options import (ParamsOpt, SetOpt, console, failures, model_path, named_dirs, out as stdout,
+                              params as load, quiet_libraries)
 
 
 def evaluate(model: str = typer.Option(..., "--model", "-m", help="checkpoint directory or hub id"),
@@ -22,19 +22,18 @@ def evaluate(model: str = typer.Option(..., "--model", "-m", help="checkpoint di
     from cafe.stages.evaluate import evaluate as run
 
     quiet_libraries()
-    metrics = run(load(params, set), model, out, compare=named_dirs(compare))
+    p = load(params, set)
+    metrics = run(p, model_path(model), out, compare=named_dirs(compare))
     stdout.print_json(json.dumps(metrics))
 
 
-def compare(metrics: list[str] = typer.Argument(..., help="NAME=path/to/metrics.json, first is the reference")) -> None:
-    """Print metrics files side by side."""
+def compare(runs: list[str] = typer.Argument(..., help="NAME=PATH evaluation folders or their metrics.json; the "
+                                                      "first is the reference")) -> None:
+    """Print evaluations side by side (the same NAME=PATH arguments as `cafe report`)."""
     from cafe.report import load_metrics, print_table
 
-    runs = {}
-    for item in metrics:
-        name, _, path = item.partition("=")
-        runs[name if path else Path(name).parent.name] = load_metrics(path or name)
-    print_table(runs, "comparison", stdout)
+    print_table({name: load_metrics(Path(folder) / "metrics.json") for name, folder in named_dirs(runs).items()},
+                "comparison", stdout)
 
 
 def gate(metrics: str = typer.Option(..., "--metrics", help="the model's metrics.json (per_item.npz beside it is used)"),
@@ -57,7 +56,8 @@ def gate(metrics: str = typer.Option(..., "--metrics", help="the model's metrics
     raise typer.Exit(0 if result["passed"] else 1)
 
 
-def report(runs: list[str] = typer.Argument(..., help="NAME=DIR evaluation folders; the base first, the model last"),
+def report(runs: list[str] = typer.Argument(..., help="NAME=PATH evaluation folders or their metrics.json; the base "
+                                                     "first, the model last"),
            out: str = typer.Option(..., "--out", "-o", help="directory for report.md and report.html"),
            title: Optional[str] = typer.Option(None, help="report title")) -> None:
     """Markdown + self-contained HTML report comparing evaluations."""
@@ -82,7 +82,7 @@ def prompts_rank(model: str = typer.Option(..., "--model", "-m", help="checkpoin
 
     quiet_libraries()
     p = load(params, set)
-    adapter = load_adapter(model, p.prompts, p.model)
+    adapter = load_adapter(model_path(model), p.prompts, p.model)
     rows = rank_prompts(adapter, [tuple(c) for c in p.evaluate.prompt_candidates],
                         Path(p.evaluate.data) / "retrieval_karpathy.json", p.evaluate.prompt_rank_images,
                         p.evaluate.batch_size)

@@ -62,9 +62,44 @@ def quiet_libraries() -> None:
 
 
 def named_dirs(items: Optional[list[str]]) -> dict[str, str]:
-    """``["base=metrics/base", "metrics/other"]`` -> ``{"base": "metrics/base", "other": "metrics/other"}``."""
+    """Evaluations as ``NAME=PATH`` (or ``PATH``, named after its folder), PATH an evaluation folder or the
+    metrics.json in it: ``["base=metrics/base/metrics.json", "metrics/cafe"]`` -> ``{"base": "metrics/base",
+    "cafe": "metrics/cafe"}``. A path without metrics.json ends the command with a one-line error."""
     found = {}
     for item in items or []:
-        name, _, path = item.partition("=")
-        found[name if path else Path(name).name] = path or name
+        name, sep, path = item.partition("=")
+        folder = Path(path if sep else name)
+        folder = folder.parent if folder.name == "metrics.json" else folder
+        if not (folder / "metrics.json").is_file():
+            fail(f"{item}: no metrics.json in {folder}; give NAME=PATH with PATH an evaluation folder "
+                 "(`cafe evaluate -o DIR`) or its metrics.json")
+        found[name if sep else folder.name] = str(folder)
     return found
+
+
+def model_path(model: str) -> str:
+    """A ``--model`` that is a local folder must hold a saved model; a missing one is an error naming it
+    (a hub id, ``org/name`` with no such local folder, is passed on)."""
+    path = Path(model)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            fail(f"--model {model}: not a saved model (no config.json in the folder)")
+        return model
+    parts = model.split("/")
+    hub_id = len(parts) == 2 and all(parts) and not model.startswith((".", "~")) and not Path(parts[0]).exists()
+    if not hub_id:
+        fail(f"--model {model}: no such model folder; train it first (`cafe train`, `cafe pretrain`, `dvc repro`) "
+             "or pass an existing folder or a hub id")
+    return model
+
+
+@contextmanager
+def registry_errors(what: str = "the registry") -> Iterator[None]:
+    """Registry and store failures (no such alias, version, store) as one line with what to do."""
+    from cafe.registry import RegistryError
+    from cafe.storage import StoreError
+
+    try:
+        yield
+    except (RegistryError, StoreError, FileNotFoundError) as err:
+        fail(f"{err} ({what}; promote a version with `cafe registry promote N ALIAS`, or pass --model DIR)", code=1)

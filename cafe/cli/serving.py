@@ -10,7 +10,8 @@ import json
 from typing import Optional
 
 import typer
-from cafe.cli.options import ModelOpt, ParamsOpt, SetOpt, console, out, params as load, quiet_libraries
+from cafe.cli.options import (ModelOpt, ParamsOpt, SetOpt, console, model_path, out, params as load, quiet_libraries,
+                              registry_errors)
 
 monitor_app = typer.Typer(add_completion=False, help="Drift monitor: a traffic window against the served "
                           "version's reference -> summary.json (ok / warn / retrain) + Evidently HTML.")
@@ -21,10 +22,13 @@ def serve(model: Optional[str] = ModelOpt, host: Optional[str] = typer.Option(No
           params: str = ParamsOpt, set: Optional[list[str]] = SetOpt) -> None:
     """The model behind KServe's V1/V2 endpoints (<name> for embeddings + search, <name>-generate), with
     POST /v1/feedback; every answer goes to the traffic log with the model version."""
-    from cafe.stages.serve import serve as run
+    from cafe.stages.serve import serve as run, service
 
     quiet_libraries()
-    run(load(params, set), model, host, port, log=console.print)
+    p = load(params, set)
+    with registry_errors(f"serve.ref {p.serve.ref} of {p.registry.name} in {p.registry.store}"):
+        svc = service(p, model and model_path(model), log=console.print)
+    run(p, svc, host, port, log=console.print)
 
 
 def index(model: Optional[str] = ModelOpt, params: str = ParamsOpt, set: Optional[list[str]] = SetOpt) -> None:
@@ -34,7 +38,8 @@ def index(model: Optional[str] = ModelOpt, params: str = ParamsOpt, set: Optiona
 
     quiet_libraries()
     p = load(params, set)
-    built = run(p, model)
+    with registry_errors(f"serve.ref {p.serve.ref} of {p.registry.name} in {p.registry.store}"):
+        built = run(p, model and model_path(model))
     out.print(f"gallery index {built['version']}: {built['images']} images -> {p.serve.index_store}")
     if built["status"] is not None:
         out.print(f"reindex status of {p.serve.ref}: {json.dumps(built['status'])}")
@@ -56,7 +61,9 @@ def monitor(ctx: typer.Context, model: Optional[str] = ModelOpt,
     from cafe.stages.monitor import monitor as run
 
     quiet_libraries()
-    summary, counts = run(load(params, set), model, reference, out_dir, pairs_out, probe)
+    p = load(params, set)
+    with registry_errors(f"monitor.ref {p.monitor.ref} of {p.registry.name} in {p.registry.store}"):
+        summary, counts = run(p, model and model_path(model), reference, out_dir, pairs_out, probe)
     print_monitor_summary(summary, out)
     if counts is not None:
         console.print(f"window pairs -> {pairs_out}: {counts}")
@@ -71,7 +78,7 @@ def reference_cmd(model: str = typer.Option(..., "--model", "-m", help="model di
     from cafe.stages.reference import reference as run
 
     quiet_libraries()
-    meta = run(load(params, set), model, out_dir)
+    meta = run(load(params, set), model_path(model), out_dir)
     out.print_json(json.dumps({k: meta[k] for k in ("validation", "probe", "modality_gap", "top1_score")}))
 
 

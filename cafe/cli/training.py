@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cafe.cli.options import ParamsOpt, SetOpt, console, failures, params as load, quiet_libraries
+from cafe.cli.options import ParamsOpt, SetOpt, console, failures, model_path, params as load, quiet_libraries
 
 ResumeOpt = typer.Option(True, help="continue from the newest complete checkpoint")
 
@@ -49,7 +49,7 @@ def merge(model: str = typer.Option(..., "--model", "-m", help="LoRA checkpoint 
 
     quiet_libraries()
     p = load(params, set)
-    console.print(f"merged full checkpoint -> {run(model, out, p.prompts, p.model)}")
+    console.print(f"merged full checkpoint -> {run(model_path(model), out, p.prompts, p.model)}")
 
 
 def launch(params: str = ParamsOpt, set: Optional[list[str]] = SetOpt,

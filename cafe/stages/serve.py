@@ -27,9 +27,11 @@ def service(p: Params, model: str | None = None, log=print) -> Service:
                    top_k=p.serve.top_k, log_embeddings=p.serve.log_embeddings, max_new_tokens=p.serve.max_new_tokens)
 
 
-def serve(p: Params, model: str | None = None, host: str | None = None, port: int | None = None, log=print) -> None:
-    """Serve until stopped on ``host:port`` (default ``serve.host`` / ``serve.port``)."""
-    svc = service(p, model, log)
+def serve(p: Params, svc: Service | str | None = None, host: str | None = None, port: int | None = None,
+          log=print) -> None:
+    """Serve ``svc`` (a loaded :func:`service`, or the model for one) until stopped on ``host:port`` (default
+    ``serve.host`` / ``serve.port``)."""
+    svc = svc if isinstance(svc, Service) else service(p, svc, log)
     host, port = host or p.serve.host, port or p.serve.port
     log(f"serving {svc.version} as {svc.name} on {host}:{port}; traffic -> {svc.traffic.store.uri}")
     run(svc, host, port)
