@@ -11,9 +11,9 @@ schedule and saves/loads their state into a checkpoint directory.
   engine's ``step()`` is the one accumulation boundary of the step (``"managed_gradient_accumulation":
   false``): ZeRO-2/3 reduce-scatter each backward's gradient into the partitions and the step finalises
   them, ZeRO-0/1 all-reduce at the step. So gradient caching's many backwards per step stay exact, with no
-  ``scale_wrt_gas`` division and no lost chunk (the traps are listed in ``docs/distributed.md``). The engine clips the
-  **total** gradient (``gradient_clipping``) after the reduction; per-loss clipping cannot be had there, since
-  under ZeRO-2/3 no rank holds a whole per-term gradient.
+  ``scale_wrt_gas`` division and no lost chunk (the traps are listed in ``docs/distributed.md``). The engine
+  clips the **total** gradient (``gradient_clipping``) after the reduction; per-loss clipping cannot be had
+  there, since under ZeRO-2/3 no rank holds a whole per-term gradient.
 """
 
 from __future__ import annotations
@@ -138,16 +138,17 @@ def build_deepspeed_ops() -> None:
 
     Every rank that starts the engine loads it, and with an empty extension cache (``TORCH_EXTENSIONS_DIR``,
     default ``~/.cache/torch_extensions``) ranks that compile it at the same moment have aborted (SIGABRT,
-    "terminate called without an active exception"). Under an exclusive lock in that cache folder the first process builds it and the others
-    (other ranks on the node, other runs) wait, then load the finished library. Call it before spawning
-    ranks to build once up front; :class:`DeepSpeedStrategy` calls it too, so torchrun runs are safe."""
+    "terminate called without an active exception"). Under an exclusive lock in that cache folder the first
+    process builds it and the others (other ranks on the node, other runs) wait, then load the finished
+    library. Call it before spawning ranks to build once up front; :class:`DeepSpeedStrategy` calls it too,
+    so torchrun runs are safe."""
     import deepspeed
     from deepspeed.accelerator import get_accelerator
     from torch.utils.cpp_extension import get_default_build_root
 
     builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
     if builder is None or not deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
-        return  # DeepSpeed will not use it here (another accelerator, or installed prebuilt)
+        return  # DeepSpeed does not use it on this accelerator / platform
     root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())  # as torch resolves it
     root.mkdir(parents=True, exist_ok=True)
     with open(root / "cafe-deepspeed-build.lock", "w") as lock:
