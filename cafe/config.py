@@ -153,6 +153,8 @@ class TrainConfig(_Section):
     save_every: int = 0  # steps; 0 = only at the end
     keep_last: int = 2
     log_every: int = 10
+    # steps between validation losses on the data's val/ split (and one after the last step); 0 = off
+    eval_every: int = Field(0, ge=0)
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     # bf16 autocast on GPU (master weights stay in model.dtype); CPU runs always compute in fp32
     precision: Literal["bf16", "fp32"] = "bf16"
@@ -162,7 +164,7 @@ class TrainConfig(_Section):
     # "three_pass": separate language, image-embedding and text-embedding forwards (the reference);
     # "shared_prefix": one packed forward per sample for both objectives (cafe.training.shared_prefix)
     step: Literal["three_pass", "shared_prefix"] = "three_pass"
-    # distributed strategy (issue 6, CONTRACTS.md; the deepspeed branch defines the same three keys)
+    # distributed strategy (docs/distributed.md)
     strategy: Literal["ddp", "deepspeed"] = "ddp"
     deepspeed_config: str = ""  # a JSON file in configs/deepspeed/ when strategy is deepspeed
     checkpoint_store: str = ""  # an open_store URI for checkpoints; empty = the local output folder

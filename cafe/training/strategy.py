@@ -11,14 +11,15 @@ schedule and saves/loads their state into a checkpoint directory.
   engine's ``step()`` is the one accumulation boundary of the step (``"managed_gradient_accumulation":
   false``): ZeRO-2/3 reduce-scatter each backward's gradient into the partitions and the step finalises
   them, ZeRO-0/1 all-reduce at the step. So gradient caching's many backwards per step stay exact, with no
-  ``scale_wrt_gas`` division and no lost chunk (see the traps in ``STACK-NOTES.md``). The engine clips the
-  **total** gradient (``gradient_clipping``) after the reduction; per-loss clipping cannot be had there, since
-  under ZeRO-2/3 no rank holds a whole per-term gradient.
+  ``scale_wrt_gas`` division and no lost chunk (the traps are listed in ``docs/distributed.md``). The engine
+  clips the **total** gradient (``gradient_clipping``) after the reduction; per-loss clipping cannot be had
+  there, since under ZeRO-2/3 no rank holds a whole per-term gradient.
 """
 
 from __future__ import annotations
 
 import copy
+import fcntl
 import json
 import logging
 import os
@@ -132,6 +133,32 @@ def _ensure_process_group(dist: DistEnv) -> None:
     tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
 
 
+def build_deepspeed_ops() -> None:
+    """Compile (or load) DeepSpeed's JIT-built shared-memory comm extension, one process at a time.
+
+    Every rank that starts the engine loads it, and with an empty extension cache (``TORCH_EXTENSIONS_DIR``,
+    default ``~/.cache/torch_extensions``) ranks that compile it at the same moment have aborted (SIGABRT,
+    "terminate called without an active exception"). Under an exclusive lock in that cache folder the first
+    process builds it and the others (other ranks on the node, other runs) wait, then load the finished
+    library. Call it before spawning ranks to build once up front; :class:`DeepSpeedStrategy` calls it too,
+    so torchrun runs are safe."""
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+    from torch.utils.cpp_extension import get_default_build_root
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is None or not deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
+        return  # DeepSpeed does not use it on this accelerator / platform
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())  # as torch resolves it
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "cafe-deepspeed-build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            builder.load()  # DeepSpeed keeps the loaded module; its own load during initialize reuses it
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 class DeepSpeedStrategy:
     """The DeepSpeed engine (ZeRO 0-3, optional CPU offload, bf16) around the same model and loss terms.
 
@@ -152,6 +179,7 @@ class DeepSpeedStrategy:
         self.cfg, self.dist = cfg, dist
         self.config = config if config is not None else deepspeed_config(cfg.deepspeed_config, cfg, dist)
         _ensure_process_group(dist)
+        build_deepspeed_ops()
         groups = param_groups(model, cfg.optim)
         client = optimizer or (None if "optimizer" in self.config else (lambda _: build_optimizer(model, cfg.optim)))
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
