@@ -91,6 +91,8 @@ class ModelConfig(_Section):
     attn_implementation: str = "sdpa"
     gradient_checkpointing: bool = False
     embed_padding_side: Literal["left", "right"] = "left"
+    # captions and answers longer than this many tokens are cut at training (counted in the train log)
+    max_text_tokens: int = Field(512, ge=1)
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
     soft_prompt: SoftPromptConfig = Field(default_factory=SoftPromptConfig)

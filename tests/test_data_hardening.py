@@ -253,3 +253,26 @@ def test_property_damaged_parquet_files_are_accounted_for(tmp_path_factory, rows
 def test_reason_codes_are_documented():
     assert {"bad_encoding", "corrupt_row_group", "unexpected", "caption_too_long"} <= set(REASONS)
     assert all(set(code) <= set(string.ascii_lowercase + "_") for code in REASONS)
+
+
+# ----------------------------------------------------------------- token limit at training
+def test_captions_over_the_token_limit_are_cut_and_counted_in_the_train_log(params, tmp_path):
+    from cafe.distributed import DistEnv
+    from cafe.training.trainer import Trainer
+    from tests.conftest import make_adapter
+    from tests.multiproc import train_pairs
+
+    params.model.max_text_tokens = 4
+    adapter = make_adapter(params)
+    adapter.model_cfg = params.model
+    long = "a red square on a blue circle near a green triangle"
+    cut = adapter.truncate([long, "a cube"])
+    assert cut[1] == "a cube" and long.startswith(cut[0]) and cut[0] != long
+    assert len(adapter.tokenizer(cut[0], add_special_tokens=False)["input_ids"]) == 4
+    assert adapter.truncated_texts == 1
+
+    t = params.train
+    t.output, t.max_steps, t.batch_size, t.save_every = str(tmp_path / "run"), 2, 8, 0
+    Trainer(t, params, DistEnv(), progress=False).fit(train_pairs(params), lambda: make_adapter(params))
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert all(r["truncated_texts"] > 0 for r in log), log

@@ -49,7 +49,7 @@ def safe_load(path: str | Path, map_location=None, allowed: tuple = ()):
     except (RuntimeError, EOFError, OSError) as err:
         if isinstance(err, FileNotFoundError):
             raise
-        raise UnsafeCheckpointError(f"{path}: not a readable torch file ({err}); delete this checkpoint "
+        raise UnsafeCheckpointError(f"{path}: refused: not a readable torch file ({err}); delete this checkpoint "
                                     "(resume then uses the one before)") from None
 
 
@@ -63,7 +63,7 @@ def check_weights(directory: Path) -> None:
             with safe_open(str(path), framework="pt") as fh:
                 fh.keys()
         except (SafetensorError, OSError) as err:
-            raise UnsafeCheckpointError(f"{path}: not a safetensors file ({err}); delete this checkpoint (resume "
+            raise UnsafeCheckpointError(f"{path}: refused: not a safetensors file ({err}); delete this checkpoint (resume "
                                         "then uses the one before)") from None
 
 
@@ -111,7 +111,7 @@ def read_trainer_state(directory: Path) -> dict:
         try:
             state = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise UnsafeCheckpointError(f"{path}: not valid JSON ({err}); delete this checkpoint (resume then "
+            raise UnsafeCheckpointError(f"{path}: refused: not valid JSON ({err}); delete this checkpoint (resume then "
                                         "uses the one before)") from None
     elif (directory / "trainer_state.pt").is_file():
         state = safe_load(directory / "trainer_state.pt")
@@ -119,7 +119,7 @@ def read_trainer_state(directory: Path) -> dict:
         raise FileNotFoundError(f"{directory}: no {TRAINER_STATE}; not a cafe checkpoint")
     fields = {"step": int, "seed": int, "global_batch": int}
     if not isinstance(state, dict) or any(not isinstance(state.get(k), t) for k, t in fields.items()):
-        raise UnsafeCheckpointError(f"{path}: expected an object with integer step, seed and global_batch")
+        raise UnsafeCheckpointError(f"{path}: refused: expected an object with integer step, seed and global_batch")
     return state
 
 

@@ -182,6 +182,7 @@ class Trainer:
         stop_at = min(total, step + stop_after) if stop_after else total
         try:
             for batch in loader:
+                cut = adapter.truncated_texts
                 losses, norms = strategy.step(loss_terms(adapter, batch, cfg, strategy.backward))
                 weighted = combine(losses, cfg.objective)
                 step += 1
@@ -193,6 +194,7 @@ class Trainer:
                           **{f"loss_{k}": float(v) for k, v in losses.items()},
                           **{f"grad_norm_{k}": v for k, v in norms.items()},
                           "lr": strategy.lr, "samples_per_s": rate,
+                          "truncated_texts": adapter.truncated_texts - cut,
                           "attempt": dist.attempt}
                 if log is not None:
                     log.write(json.dumps(record) + "\n")
