@@ -96,6 +96,8 @@ class ModelConfig(_Section):
     attn_implementation: str = "sdpa"
     gradient_checkpointing: bool = False
     embed_padding_side: Literal["left", "right"] = "left"
+    # captions and answers longer than this many tokens are cut at training (counted in the train log)
+    max_text_tokens: int = Field(512, ge=1)
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
     soft_prompt: SoftPromptConfig = Field(default_factory=SoftPromptConfig)
@@ -239,6 +241,7 @@ class RepurposeConfig(_Section):
     # the unit training reads at once: one random item costs one row group, so keep it small for large images
     row_group_rows: int = Field(32, ge=1)
     short_caption: ShortCaptionConfig = Field(default_factory=ShortCaptionConfig)
+    max_caption_chars: int = Field(4000, ge=1)  # longer long captions are quarantined (caption_too_long)
     images: ImageRulesConfig = Field(default_factory=ImageRulesConfig)
     near_duplicates: bool = False  # also drop images within ``near_duplicate_distance`` of a kept one (pHash)
     near_duplicate_distance: int = Field(2, ge=0, le=3)
