@@ -377,6 +377,7 @@ class RegistryConfig(_Section):
     store: str = "registry"  # a local folder, file://..., or s3://bucket/prefix (endpoint from CAFE_S3_ENDPOINT)
     name: str = "cafe"
     alias_on_register: str = "candidate"  # "" registers without moving an alias
+    experiments: bool = False  # `dvc exp run` registers too (else only `dvc repro` and the other orchestrators do)
 
 
 class ServeConfig(_Section):

@@ -25,6 +25,18 @@ def build(image: str, params: Params | None = None, params_file: str = "params.y
     def monitoring(params_file: str = params_file, overrides: list = [], reference: str = "",  # noqa: B006
                    model: str = "", probe: bool = True, retrain_mode: str = "kfp", kfp_host: str = "",
                    training_package: str = "pipelines/training.yaml"):
+        """Monitor the served version's traffic window; retrain on its feedback pairs when quality fell.
+
+        Args:
+            params_file: Params file the steps read (a path inside the image).
+            overrides: Extra section.key=value overrides applied by both steps.
+            reference: Monitor reference folder; empty: the one registered with monitor.ref.
+            model: Model folder for the probe set; empty: the registry's monitor.ref version.
+            probe: Re-embed the probe set with the served model.
+            retrain_mode: kfp (start the training pipeline), local (fine-tune in the step) or record (only write the request).
+            kfp_host: KFP endpoint for retrain_mode kfp.
+            training_package: Compiled training pipeline YAML for retrain_mode kfp.
+        """
         judged = monitor_op(params_file=params_file, overrides=overrides, reference=reference, model=model,
                             probe=probe)
         judged.set_caching_options(False)  # a new window every run

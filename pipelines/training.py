@@ -58,6 +58,31 @@ def build(image: str, params: Params, params_file: str = "params.yaml"):
                  registry_store: str = params.registry.store, model_name: str = params.registry.name,
                  s3_endpoint: str = la.s3_endpoint, s3_secret: str = la.secret,
                  params_file: str = params_file, overrides: list = []):  # noqa: B006 - KFP reads the default
+        """CAFe fine-tuning: repurpose, train, evaluate base and CAFe, gate, register when the gate passes.
+
+        Args:
+            data_uri: Instruction folder to train on (instructions.json + images), an s3:// URI or a local path.
+            eval_data_uri: Held-out evaluation folder (the shapes world's eval/ layout), s3:// or local.
+            base_model: Model to fine-tune: a hub id, an s3:// folder or a local folder.
+            alpha_lm: Weight of the autoregressive (captioning) loss.
+            alpha_con: Weight of the contrastive loss.
+            temperature: Contrastive temperature tau.
+            epochs: Training epochs (ignored when max_steps > 0).
+            max_steps: Training steps; 0 means use epochs.
+            train_mode: cluster (a PyTorchJob the train step follows) or local (the trainer in the train step).
+            image: Container image of the PyTorchJob (the steps' image is fixed when compiling).
+            nodes: Nodes of the PyTorchJob.
+            gpus_per_node: GPUs per node (one process each).
+            gate_floors: Gate floors, metric -> minimum value (merged into the params file's).
+            gate_max_regression: Gate's allowed drops against the reference, metric -> absolute drop.
+            checkpoint_root: Object-store prefix for the job's checkpoints (one folder per run).
+            registry_store: Model registry store (s3:// prefix or a local folder).
+            model_name: Registered model name.
+            s3_endpoint: S3/MinIO endpoint URL for s3:// URIs (empty: the environment's).
+            s3_secret: Kubernetes Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.
+            params_file: Params file every step reads (a path inside the image).
+            overrides: Extra section.key=value overrides applied by every step.
+        """
         common = dict(params_file=params_file, overrides=overrides)
         tasks = {}
         exit_task = ops["cleanup"](train_mode=train_mode, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, **common)

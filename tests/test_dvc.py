@@ -42,12 +42,12 @@ def test_dvc_yaml_declares_every_stage_with_params_metrics_plots_and_outputs():
     sections = set(Params.model_fields)
     for name, stage in stages.items():
         assert stage["params"] and {key.partition(".")[0] for key in stage["params"]} <= sections, name
-        assert stage["cmd"].startswith("cafe "), name
+        assert stage["cmd"].startswith("bin/cafe "), name
     outs = {next(iter(o)) if isinstance(o, dict) else o for s in stages.values() for o in s.get("outs", [])}
     assert {"data/shapes", "data/pairs/train", "data/pairs/val", "data/pairs/data_version.json",
             "models/base", "runs/cafe"} <= outs  # raw data, shards, checkpoints
     metrics = {next(iter(m)) for s in stages.values() for m in s.get("metrics", [])}
-    assert {"data/pairs/stats.json", "metrics/cafe/metrics.json", "metrics/gate/gate.json"} <= metrics
+    assert {"data/pairs/metrics.json", "metrics/cafe/metrics.json", "metrics/gate/metrics.json"} <= metrics
     assert spec["plots"]
     config = configparser.ConfigParser()
     config.read(REPO / ".dvc" / "config")
@@ -90,7 +90,7 @@ def test_dvc_repro_after_a_parameter_change_reruns_only_its_dependents(tmp_path)
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     tiny = {}
     for name in ("synth", "repurpose"):
-        tiny[name] = {**stages[name], "cmd": stages[name]["cmd"].replace("cafe ", f"{sys.executable} -m cafe.cli ", 1)}
+        tiny[name] = {**stages[name], "cmd": stages[name]["cmd"].replace("bin/cafe ", f"{sys.executable} -m cafe.cli ", 1)}
     (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": tiny}))
     params = {"synth": {"train_images": 12, "retrieval_images": 4, "probe_images": 2, "image_size": 32},
               "repurpose": {"workers": 1, "progress": False, "val_fraction": 0.0}}
@@ -111,3 +111,52 @@ def test_dvc_repro_after_a_parameter_change_reruns_only_its_dependents(tmp_path)
     params["synth"]["seed"] = 3
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     assert _ran(_dvc(repo, "repro", env=env)) == {"synth", "repurpose"}
+
+
+def test_training_log_plots_natively_and_metrics_files_hold_numbers_only(tmp_path):
+    from cafe.stages.repurpose import _numbers
+    from cafe.stages.train import write_plots
+
+    run = tmp_path / "repo" / "runs" / "cafe"
+    run.mkdir(parents=True)
+    rows = [{"step": s, "loss": 2.0 / s, "loss_lm": 1.0 / s, "loss_con": 1.0 / s, "lr": 0.1, "attempt": 0} for s in (1, 2, 3)]
+    rows.insert(2, {"step": 2, "val_loss": 1.5, "val_loss_lm": 0.7})
+    (run / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert [p.name for p in write_plots(run)] == ["train.csv", "val.csv"]
+    assert (run / "plots" / "train.csv").read_text().splitlines()[:2] == ["step,loss,loss_lm,loss_con,lr,attempt",
+                                                                          "1,2.0,1.0,1.0,0.1,0"]
+    repo = _repo(tmp_path / "repo")
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"plots": yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]}))
+    shown = json.loads(_dvc(repo, "plots", "show", "--json").stdout)
+    assert not shown.get("errors"), shown["errors"]
+    (plot,) = shown["data"]["runs/cafe/plots/train.csv"]  # DVC reads the CSV itself (no "file type error")
+    values = plot["content"]["data"]["values"]
+    assert len(values) == 3 * 3 and {v["field"] for v in values} == {"loss", "loss_lm", "loss_con"}
+
+    stats = {"input": 10, "kept": 8, "data_version": "ab" * 32, "sources": {"a": {"kept": 8, "path": "x.json"}},
+             "identity": "input 10 == kept 8 + ...", "quarantine_share": 0.0, "ok": True, "reasons": ["x"]}
+    assert _numbers(stats) == {"input": 10, "kept": 8, "sources": {"a": {"kept": 8}}, "quarantine_share": 0.0, "ok": 1}
+
+
+def test_dvc_exp_run_registers_only_when_asked(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from cafe.cli import app
+    from cafe.registry import Registry
+
+    monkeypatch.chdir(tmp_path)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (tmp_path / "metrics.json").write_text(json.dumps({"i2t_R@1": 0.5}))
+    (tmp_path / "gate.json").write_text(json.dumps({"passed": True, "checks": []}))
+    args = ["register", "-m", "model", "--metrics", "metrics.json", "--gate", "gate.json", "--data-version", "d0",
+            "--no-reference", "--record-out", "record.json", "-s", f"registry.store={tmp_path / 'reg'}"]
+    monkeypatch.setenv("DVC_EXP_NAME", "sunny-owl")
+    skipped = CliRunner().invoke(app, args)
+    assert skipped.exit_code == 0 and "DVC experiment sunny-owl: not registered" in skipped.output, skipped.output
+    assert json.loads((tmp_path / "record.json").read_text()) == {"registered": False, "experiment": "sunny-owl"}
+    assert Registry(tmp_path / "reg").list("cafe") == []
+    asked = CliRunner().invoke(app, [*args, "-s", "registry.experiments=true"])
+    assert asked.exit_code == 0, asked.output
+    assert [r["version"] for r in Registry(tmp_path / "reg").list("cafe")] == [1]

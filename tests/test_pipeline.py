@@ -256,6 +256,7 @@ def _tiny_params_file(params, tmp_path: Path) -> Path:
     params.gate.floors, params.gate.max_regression = {"i2t_R@1": 0.0}, {"i2t_R@1": 1.0}
     params.gate.resamples, params.gate.geometry_resamples = 50, 10
     params.registry.store = str(tmp_path / "registry")
+    params.monitor.probe_images, params.monitor.reference_images = 10, 30  # the register step's monitor reference
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params.model_dump(mode="json")))
     return path
@@ -273,7 +274,7 @@ def test_local_run_registers_when_the_gate_passes_and_not_when_it_fails(params, 
     registry = Registry(tmp_path / "registry")
     (record,) = registry.list("cafe")
     assert record["gate"]["passed"] and registry.aliases("cafe") == {"candidate": 1}
-    assert "per_item.npz" in record["files"]
+    assert {"per_item.npz", "monitor/reference.json", "monitor/reference.npz"} <= set(record["files"])
     assert record["parent"] == params.train.base_model
     from cafe.data.repurpose import repurpose  # the same data repurposed outside the pipeline (as `dvc repro` does)
     from cafe.data.shards import read_data_version
@@ -308,3 +309,20 @@ def test_errors_are_printed_whole_at_80_columns(tmp_path, monkeypatch):
             and "'train_mode']\n" in result.output), result.output
     bad = CliRunner().invoke(app, ["pipeline", "run", "--local", "--arg", f"data_uri={deep}"])
     assert f"error: data_uri {deep} does not exist; on the embedded default run" in bad.output, bad.output
+
+
+def test_every_parameter_is_described_and_the_cluster_config_defaults_to_the_object_store(tmp_path):
+    for name in ("training", "monitoring"):
+        out = tmp_path / f"{name}.yaml"
+        result = CliRunner().invoke(app, ["pipeline", "compile", "--pipeline", name, "-o", str(out)])
+        assert result.exit_code == 0, result.output
+        inputs = yaml.safe_load(out.read_text())["root"]["inputDefinitions"]["parameters"]
+        undescribed = [k for k, v in inputs.items() if not v.get("description")]
+        assert not undescribed, (name, undescribed)
+
+    out = tmp_path / "cluster.yaml"
+    result = CliRunner().invoke(app, ["pipeline", "compile", "-p", "configs/cluster/llava-ov-0.5b.yaml", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    inputs = kfp_components.load_component_from_file(str(out)).component_spec.inputs
+    for name in ("data_uri", "eval_data_uri", "registry_store", "checkpoint_root"):
+        assert str(inputs[name].default).startswith("s3://"), (name, inputs[name].default)

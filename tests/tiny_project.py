@@ -24,6 +24,7 @@ def project(path: Path, dvc: bool = False) -> Path:
     save_params(load_params(ROOT / "tests" / "params_tiny.yaml"), path / "params.yaml")
     if dvc:
         shutil.copy(ROOT / "dvc.yaml", path / "dvc.yaml")
+        shutil.copytree(ROOT / "bin", path / "bin")
         subprocess.run(["git", "init", "-q"], cwd=path, check=True)
         run(path, sys.executable, "-m", "dvc", "init", "-q")
         shutil.copy(ROOT / ".dvc" / "config", path / ".dvc" / "config")

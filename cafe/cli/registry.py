@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -72,10 +73,20 @@ def register(model: str = typer.Option(..., "--model", "-m", help="saved model d
              params: str = ParamsOpt, set: Optional[list[str]] = SetOpt) -> None:
     """Register a model version: files + model card + metrics + per-item results + gate + lineage + monitor
     reference, visible only when complete."""
+    import os
+
     from cafe.stages.register import register as run
 
     quiet_libraries()
     p = load(params, set)
+    experiment = os.environ.get("DVC_EXP_NAME")
+    if experiment and not p.registry.experiments:
+        console.print(f"DVC experiment {experiment}: not registered (register experiments with "
+                      "-S registry.experiments=true)")
+        if record_out:
+            Path(record_out).parent.mkdir(parents=True, exist_ok=True)
+            Path(record_out).write_text(json.dumps({"registered": False, "experiment": experiment}, indent=1))
+        return
     with _errors():
         record = run(p, model, metrics, gate, data_version=data_version, parent=parent, params=training_params,
                      alias=alias, reference=reference, with_reference=with_reference,

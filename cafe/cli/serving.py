@@ -79,9 +79,6 @@ def reference_cmd(model: str = typer.Option(..., "--model", "-m", help="model di
 def window_cmd(out_path: str = typer.Option(..., "--out", "-o", help="instruction folder (instructions.json + images/)"),
                params: str = ParamsOpt, set: Optional[list[str]] = SetOpt) -> None:
     """The current window's feedback-labelled searches as training pairs (chosen image, query text)."""
-    from cafe.monitoring.run import write_window_pairs
-    from cafe.serving.traffic import TrafficLog
+    from cafe.stages.monitor import window_pairs
 
-    p = load(params, set)
-    window = TrafficLog(p.monitor.traffic_store).read_window(p.monitor.window_hours, p.monitor.window_max_requests)
-    console.print(f"window pairs -> {out_path}: {write_window_pairs(window, p, out_path)}")
+    console.print(f"window pairs -> {out_path}: {window_pairs(load(params, set), out_path)}")

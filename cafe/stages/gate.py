@@ -5,6 +5,7 @@ base model's evaluation: the choice is made here for every orchestrator."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from cafe.config import Params
@@ -15,7 +16,8 @@ def gate(p: Params, evaluation: str | Path, out: str | Path, base: str | Path | 
          production: bool = True) -> dict:
     """Judge the evaluation (a folder or its metrics.json; per_item.npz beside it is used) against the reference
     and write ``out/gate.json``; returns the result with ``reference`` naming what it was compared with.
-    Raises FileNotFoundError / ValueError when an evaluation cannot be read."""
+    Also writes ``out/metrics.json`` (passed, checks, failed: numbers only). Raises FileNotFoundError /
+    ValueError when an evaluation cannot be read."""
     found = None
     if production and p.gate.reference_alias:
         found = production_reference(p.registry.store, p.registry.name, p.gate.reference_alias,
@@ -26,4 +28,7 @@ def gate(p: Params, evaluation: str | Path, out: str | Path, base: str | Path | 
     result = run_gate(values, ref_values, p.gate, per_item=per_item, reference_per_item=ref_items)
     result["reference"] = ref_label
     write_gate(result, out)
+    summary = {"passed": int(result["passed"]), "checks": result["summary"]["total"],
+               "failed": result["summary"]["failed"]}
+    (Path(out) / "metrics.json").write_text(json.dumps(summary, indent=1))  # numbers only, for `dvc metrics`
     return result

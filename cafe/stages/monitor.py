@@ -14,3 +14,12 @@ def monitor(p: Params, model: str | None = None, reference: str | None = None, o
     registered with ``monitor.ref``; the probe set is re-embedded with ``model`` (default: that version) when
     ``probe``. Writes into ``out`` (default ``monitor.out``); returns ``(summary, window pair counts or None)``."""
     return run_monitor(p, model, reference, out, pairs_out, probe)
+
+
+def window_pairs(p: Params, out: str) -> dict:
+    """Only the current window's feedback-labelled searches, as the instruction folder ``out``; returns counts."""
+    from cafe.monitoring.run import write_window_pairs
+    from cafe.serving.traffic import TrafficLog
+
+    window = TrafficLog(p.monitor.traffic_store).read_window(p.monitor.window_hours, p.monitor.window_max_requests)
+    return write_window_pairs(window, p, out)

@@ -15,7 +15,7 @@ from typing import Any
 from cafe.config import Params
 from cafe.data.shards import DATA_VERSION, read_data_version
 from cafe.monitoring.reference import registry_files
-from cafe.registry import CARD, Registry, RegistryError
+from cafe.registry import Registry, RegistryError, model_card
 from cafe.stages.reference import reference as build_reference
 
 
@@ -69,7 +69,7 @@ def register(p: Params, model: str | Path, evaluation: str | Path, gate: str | P
     one (a model `cafe monitor` cannot watch). ``data_version`` is a hash, a
     data_version.json or a pairs folder (default ``train.data``'s); ``parent`` defaults to ``train.base_model``;
     ``alias`` to ``registry.alias_on_register`` ("" for none). ``record_out`` / ``card_out`` also receive the
-    record (JSON) and the model card (Markdown)."""
+    record (JSON) and the model card of the version (Markdown)."""
     metrics, gate_file = _file(evaluation, "metrics.json"), _file(gate, "gate.json")
     registry, name = Registry(store or p.registry.store, progress=True), name or p.registry.name
     version_of_data = resolve_data_version(None if data_version is None else str(data_version), p.train.data)
@@ -85,11 +85,8 @@ def register(p: Params, model: str | Path, evaluation: str | Path, gate: str | P
                                    parent=parent or p.train.base_model,
                                    alias=p.registry.alias_on_register if alias is None else (alias or None),
                                    allow_failed_gate=allow_failed_gate)
-        if card_out:
-            _, files = registry.fetch(name, record["version"], [CARD], tmp)
-            Path(card_out).parent.mkdir(parents=True, exist_ok=True)
-            Path(card_out).write_text(files[CARD].read_text())
-    if record_out:
-        Path(record_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(record_out).write_text(json.dumps(record, indent=1))
+    for path, text in ((record_out, json.dumps(record, indent=1)), (card_out, model_card(record))):
+        if path:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(text)
     return record

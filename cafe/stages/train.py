@@ -24,7 +24,35 @@ def train(p: Params, data: str | None = None, base_model: str | Path | Callable 
         p = p.model_copy(update={"train": p.train.model_copy(update=update)})
     dist = dist or init_distributed(p.train.backend)
     init = base_model if callable(base_model) else p.train.base_model
-    return Trainer(p.train, p, dist, progress=progress).fit(pairs_dataset(p), init, resume=resume)
+    model = Trainer(p.train, p, dist, progress=progress).fit(pairs_dataset(p), init, resume=resume)
+    if dist.is_main:
+        write_plots(Path(p.train.output))
+    return model
+
+
+def write_plots(out: Path) -> list[Path]:
+    """``train_log.jsonl`` as CSV files DVC plots natively (``dvc plots show``): ``plots/train.csv`` with the
+    numeric columns every training row has, ``plots/val.csv`` likewise for validation rows (``val_loss``)."""
+    import csv
+    import json
+
+    log = out / "train_log.jsonl"
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
+    written = []
+    for name, part in (("train", [r for r in rows if "val_loss" not in r]), ("val", [r for r in rows if "val_loss" in r])):
+        part = [r for r in part if isinstance(r.get("step"), int)]
+        if not part:
+            continue
+        columns = [k for k, v in part[0].items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                   and all(isinstance(r.get(k), (int, float)) for r in part)]
+        path = out / "plots" / f"{name}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(columns)
+            writer.writerows([[r[k] for k in columns] for r in part])
+        written.append(path)
+    return written
 
 
 def train_job(p: Params, params_file: str, job_overrides: Sequence[str], dest: str | Path) -> dict:
