@@ -33,6 +33,7 @@ import torch.distributed as tdist
 
 from cafe.config import TrainConfig
 from cafe.distributed import DistEnv, average_gradients
+from cafe.training.checkpoint import safe_load
 from cafe.training.optim import backward_and_clip, build_optimizer, build_scheduler, param_groups
 from cafe.training.step import Term, plain_backward
 
@@ -79,7 +80,7 @@ class DDPStrategy:
     def load(self, directory: Path) -> None:
         # checkpoints written before the strategies existed kept these in trainer_state.pt
         path = directory / "optimizer.pt" if (directory / "optimizer.pt").is_file() else directory / "trainer_state.pt"
-        state = torch.load(path, map_location=self.dist.device, weights_only=False)
+        state = safe_load(path, map_location=self.dist.device)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
 
@@ -186,6 +187,7 @@ class DeepSpeedStrategy:
             model=model, model_parameters=groups, optimizer=client, config=copy.deepcopy(self.config),
             lr_scheduler=lambda opt: build_scheduler(opt, cfg.optim, total_steps), dist_init_required=False)
         self.stage = self.engine.zero_optimization_stage()
+        _safe_checkpoint_engine(self.engine)
         if cfg.optim.clip_mode == "per_loss" and dist.is_main:
             log.info("DeepSpeed clips the total gradient (gradient_clipping=%s), not each loss term",
                      self.config["gradient_clipping"])
@@ -225,10 +227,41 @@ class DeepSpeedStrategy:
         self.engine.save_checkpoint(str(directory), tag=self.TAG, save_latest=False)
 
     def load(self, directory: Path) -> None:
+        """Every rank reads its partitions, through the safe checkpoint engine (nothing there runs code)."""
         path, _ = self.engine.load_checkpoint(str(directory), tag=self.TAG, load_optimizer_states=True,
                                               load_lr_scheduler_states=True)
         if path is None:
             raise FileNotFoundError(f"{directory}: no DeepSpeed state under {self.TAG}/ (saved by another strategy?)")
+
+
+def deepspeed_state_classes() -> tuple:
+    """The plain data classes DeepSpeed's own checkpoint files hold (ZeRO 0-3): allowed by the safe load."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address
+
+
+def _safe_checkpoint_engine(engine) -> None:
+    """Swap the engine's checkpoint engine (whose ``load`` is ``torch.load(weights_only=False)``) for one that
+    loads with ``weights_only=True`` and DeepSpeed's data classes only; refuse configurations that read
+    checkpoint files some other way (universal checkpoints, other checkpoint writers)."""
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+    if engine.load_universal_checkpoint():
+        raise ValueError("train.deepspeed_config: checkpoint.load_universal is not supported (DeepSpeed reads "
+                         "universal checkpoints with pickle); remove it")
+    if type(engine.checkpoint_engine) is not TorchCheckpointEngine:
+        raise ValueError(f"train.deepspeed_config: checkpoint engine {type(engine.checkpoint_engine).__name__} "
+                         "loads with pickle; remove checkpoint.writer (cafe uses DeepSpeed's torch engine)")
+    allowed = deepspeed_state_classes()
+
+    class SafeTorchCheckpointEngine(type(engine.checkpoint_engine)):
+        def load(self, path: str, map_location=None):
+            return safe_load(path, map_location=map_location, allowed=allowed)
+
+    engine.checkpoint_engine.__class__ = SafeTorchCheckpointEngine
 
 
 Strategy = DDPStrategy | DeepSpeedStrategy

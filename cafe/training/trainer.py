@@ -92,6 +92,7 @@ class Trainer:
             self._fetch_from_store()
         latest = ckpt.latest_checkpoint(self.ckpt_root) if resume else None
         if latest is not None:
+            ckpt.check_weights(latest)
             return load_adapter(latest, self.params.prompts, self.params.model), latest
         if callable(init):
             return init(), None
@@ -114,8 +115,8 @@ class Trainer:
             if self.dist.is_main:
                 adapter.save_pretrained(staged)
         if self.dist.is_main:
-            torch.save({"step": step, "strategy": strategy.name, "world_size": self.dist.world_size, "seed": self.cfg.seed,
-                        "global_batch": self.cfg.batch_size * self.dist.world_size}, staged / "trainer_state.pt")
+            ckpt.write_trainer_state(staged, {"step": step, "strategy": strategy.name, "world_size": self.dist.world_size,
+                                              "seed": self.cfg.seed, "global_batch": self.cfg.batch_size * self.dist.world_size})
             save_params(self.params, staged / "params.yaml")
         barrier()
         if self.store is not None and self.dist.local_rank == 0:
@@ -132,7 +133,7 @@ class Trainer:
         return final
 
     def _restore(self, path: Path, strategy: Strategy) -> int:
-        state = torch.load(path / "trainer_state.pt", map_location=self.dist.device, weights_only=False)
+        state = ckpt.read_trainer_state(path)
         global_batch = self.cfg.batch_size * self.dist.world_size
         if (state["global_batch"], state["seed"]) != (global_batch, self.cfg.seed):
             raise ValueError(
@@ -144,7 +145,7 @@ class Trainer:
         strategy.load(path)
         rng_file = path / f"rng_state_{self.dist.rank}.pt"
         if rng_file.exists():  # absent when resuming with more ranks than were saved
-            ckpt.set_rng_state(torch.load(rng_file, weights_only=False))
+            ckpt.set_rng_state(ckpt.load_rng_state(rng_file))
         if self.dist.is_main and self.log_path.exists():
             kept = [line for line in self.log_path.read_text().splitlines()
                     if line.strip() and json.loads(line)["step"] <= state["step"]]
@@ -239,6 +240,7 @@ class Trainer:
         shown: dict[str, str] = {}
         try:
             for batch in loader:
+                cut = adapter.truncated_texts
                 losses, norms = strategy.step(loss_terms(adapter, batch, cfg, strategy.backward))
                 weighted = combine(losses, cfg.objective)
                 step += 1
@@ -250,6 +252,7 @@ class Trainer:
                           **{f"loss_{k}": float(v) for k, v in losses.items()},
                           **{f"grad_norm_{k}": v for k, v in norms.items()},
                           "lr": strategy.lr, "samples_per_s": rate,
+                          "truncated_texts": adapter.truncated_texts - cut,
                           "attempt": dist.attempt}
                 if validate is not None and (step % cfg.eval_every == 0 or step == total):
                     record |= validation_loss(adapter, validate, cfg, getattr(strategy, "autocast", None))
