@@ -10,7 +10,7 @@ Each scenario runs in a fresh process so its peak memory (ru_maxrss) is its own:
 
     python benchmarks/retrieval_eval.py [--images 5000 --captions-per-image 5 --dim 896]
 
-Prints a table and writes benchmarks/results/retrieval_eval.json.
+Prints a table and writes docs/results/retrieval_eval.json.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks._results import default_out, write_result  # noqa: E402
 
 
 def _rss_mb() -> float:
@@ -108,7 +110,7 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=896)
     ap.add_argument("--chunks", type=int, nargs="+", default=[256, 1024, 4096])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "retrieval_eval.json"))
+    ap.add_argument("--out", default=default_out("retrieval_eval"))
     ap.add_argument("--scenario", help=argparse.SUPPRESS)
     ap.add_argument("--chunk", type=int, default=1024, help=argparse.SUPPRESS)
     ap.add_argument("--cache-dir", help=argparse.SUPPRESS)
@@ -150,9 +152,8 @@ def main() -> None:
         print(f"{r['scenario']:<22}{r['chunk']:>7}{r['embeddings_s']:>15.2f}{r['similarity_s']:>14.2f}{r['total_s']:>10.1f}"
               f"{r['peak_rss_mb']:>13.0f}{r['peak_over_embeddings_mb']:>15.0f}")
     print("uncached total = projected embedding step + random embeddings written to the cache + similarity")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"images": args.images, "captions": n_txt, "dim": args.dim,
-                                          "threads": args.threads, "tiny_model_throughput": rate, "rows": rows}, indent=1))
+    write_result(args.out, {"images": args.images, "captions": n_txt, "dim": args.dim,
+                            "threads": args.threads, "tiny_model_throughput": rate, "rows": rows})
     print(f"-> {args.out}")
 
 

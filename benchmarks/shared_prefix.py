@@ -2,7 +2,7 @@
 step and the shared-prefix CAFe step, side by side, plus the analytic forward FLOPs per sample of the real
 LLaVA-OneVision 0.5B and 7B at 1 and 10 crops.
 
-Usage: python benchmarks/shared_prefix.py [--models embedded ov-0.5b-shapes] [--batch 4] [--out benchmarks/results/shared_prefix.json]
+Usage: python benchmarks/shared_prefix.py [--models embedded ov-0.5b-shapes] [--batch 4] [--out docs/results/shared_prefix.json]
 
 Models: ``embedded`` is the embedded default's tiny model (params.yaml: 96 px, 9 image tokens);
 ``ov-0.5b-shapes`` has LLaVA-OneVision-0.5B's layer sizes (Qwen2: hidden 896, 14 heads, 2 KV heads,
@@ -29,6 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # run as a script, this folder would come first on sys.path and benchmarks/peft.py would shadow peft
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
+
+from benchmarks._results import default_out, write_result  # noqa: E402
 
 MODES = ("language_only", "three_pass", "shared_prefix", "shared_prefix_per_loss")
 MODELS = {
@@ -139,7 +141,7 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/shared_prefix.json"))
+    ap.add_argument("--out", default=default_out("shared_prefix"))
     ap.add_argument("--one", nargs=4, help=argparse.SUPPRESS)  # model mode batch repeats: child process
     args = ap.parse_args()
     if args.one:
@@ -179,9 +181,8 @@ def main() -> None:
                        f"{f['three_pass_gflop']:.0f}", f"{f['shared_prefix_gflop']:.0f}", f"{f['three_pass_x']:.3f}",
                        f"{f['shared_prefix_x']:.3f}")
     console.print(ftable)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"batch": args.batch, "threads": env["OMP_NUM_THREADS"], "steps": rows,
-                                          "forward_flops": flops}, indent=1))
+    write_result(args.out, {"batch": args.batch, "threads": env["OMP_NUM_THREADS"], "steps": rows,
+                            "forward_flops": flops})
 
 
 if __name__ == "__main__":
