@@ -211,3 +211,19 @@ def test_per_item_round_trip(tmp_path):
     back = PerItem.load(tmp_path / "per_item.npz")
     assert back.metrics() == items.metrics()
     assert back.metrics()["object_precision"] == 0.75 and back.metrics()["object_recall"] == 0.75
+
+
+def test_retrieval_seen_unseen_split_resamples_ranks_with_their_flags():
+    from cafe.evaluation.bootstrap import bootstrap_samples
+
+    # queries with a seen caption text all hit, the others all miss: every resample must keep that
+    t2i_rank, t2i_seen = np.array([0, 0, 0, 5, 5, 5, 5, 5]), np.array([1, 1, 1, 0, 0, 0, 0, 0])
+    items = PerItem()
+    m = items.add("retrieval", {"ks": [1]}, i2t_rank=np.array([0, 3]), i2t_seen=np.array([1, 0]),
+                  t2i_rank=t2i_rank, t2i_seen=t2i_seen)
+    assert m["t2i_R@1"] == 3 / 8 and m["t2i_R@1_seen_text"] == 1.0 and m["t2i_R@1_unseen_text"] == 0.0
+    assert m["i2t_R@1_seen_text"] == 1.0 and m["i2t_R@1_unseen_text"] == 0.0
+    samples, _ = bootstrap_samples(items, resamples=200)
+    seen = samples["t2i_R@1_seen_text"]
+    assert np.all(seen[np.isfinite(seen)] == 1.0) and np.all(samples["t2i_R@1_unseen_text"][np.isfinite(samples["t2i_R@1_unseen_text"])] == 0.0)
+    assert samples["t2i_R@1"].std() > 0

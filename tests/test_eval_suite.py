@@ -116,3 +116,21 @@ def test_prompt_ranking_scores_every_candidate(adapter, params):
     for r in rows:
         assert 0 < r["entropy_image"] <= np.log(vocab) + 1e-4 and 0 < r["entropy_text"] <= np.log(vocab) + 1e-4
     assert sorted(r["entropy_rank"] for r in rows) == [1, 2]
+
+
+def test_report_shows_the_invalid_answer_rates_and_which_metrics_are_lower_is_better(tmp_path):
+    from cafe.evaluation.report import write_report
+
+    runs = {}
+    for name, invalid in (("base", 0.0), ("cafe", 1.0)):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "metrics.json").write_text(json.dumps({"mmstar_accuracy": 0.25, "mmstar_invalid_rate": invalid,
+                                                         "pope_invalid_rate": invalid / 2, "i2t_R@1": 0.5}))
+        runs[name] = folder
+    md, _ = write_report(runs, tmp_path / "cafe")
+    text = md.read_text()
+    section = text.split("## Replies that are no answer")[1].split("## Metrics")[0]
+    assert "| MMStar-format | mmstar_invalid_rate |" in section and "| 0.000 | 1.000 |" in section
+    assert "| POPE | pope_invalid_rate |" in section and "caption_empty_rate" not in section
+    assert "Lower is better for mmstar_invalid_rate, pope_invalid_rate;" in text
