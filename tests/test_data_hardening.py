@@ -109,6 +109,27 @@ def test_utf16_files_are_read_and_a_broken_array_element_is_skipped_to_the_next(
     assert _quarantine(tmp_path)[0]["location"] == f"{path}[1]"
 
 
+def test_a_read_error_mid_file_quarantines_the_rest_and_reads_the_next_file(tmp_path, monkeypatch):
+    from cafe.data import sources
+
+    _images(tmp_path / "img", 1)
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(_record(i, "0.png", f"{name} shape {i}.")) + "\n"
+                                                        for i in range(3)))
+    real = sources._json_lines
+
+    def failing(source, path):
+        for n, rec in enumerate(real(source, path)):
+            if path.name == "a.jsonl" and n == 2:
+                raise OSError(5, "Input/output error")
+            yield rec
+
+    monkeypatch.setattr(sources, "_json_lines", failing)
+    stats = repurpose(_cfg(tmp_path, tmp_path / "*.jsonl", tmp_path / "img"))
+    assert stats["kept"] == 5 and stats["quarantined_by_reason"] == {"unreadable_rest": 1} and stats["accounted"]
+    assert _quarantine(tmp_path)[0]["location"] == str(tmp_path / "a.jsonl")
+
+
 # ----------------------------------------------------------------- captions and images
 def test_the_markers_of_every_family_and_common_chat_formats_are_stripped():
     from cafe.models import FAMILIES
