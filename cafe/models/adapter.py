@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from cafe.config import ModelConfig, PromptConfig, TinyModelConfig
+from cafe.contract import write_contract
 from cafe.models import tuning
 
 IGNORE_INDEX = -100
@@ -91,8 +92,10 @@ class VLMAdapter:
 
     def save_pretrained(self, path: str | Path) -> None:
         """Model (safetensors) or, with LoRA, only the adapters and the parts trained in full; the soft
-        prompt; processor, tokenizer and chat template. Loadable by ``from_pretrained``."""
+        prompt; processor, tokenizer and chat template; the embedding contract. Loadable by
+        ``from_pretrained`` and (full checkpoints) by plain transformers."""
         tuning.save(self, Path(path))
+        write_contract(self, path)
 
     def part_of(self, name: str) -> str:
         """"vision_tower", "projector" or "llm" for a parameter or module name."""

@@ -205,5 +205,5 @@ def merge(adapter: "VLMAdapter", out: str | Path) -> Path:
         adapter.model = adapter.peft.merge_and_unload()
         adapter.peft = None
     out = Path(out)
-    save(adapter, out)
+    adapter.save_pretrained(out)  # with the embedding contract
     return out
