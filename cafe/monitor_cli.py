@@ -37,23 +37,16 @@ def _load(model: Optional[str], params: str, overrides: Optional[list[str]]):
 def serve(model: Optional[str] = ModelOpt, host: Optional[str] = typer.Option(None, help="default: serve.host"),
           port: Optional[int] = typer.Option(None, help="default: serve.port"),
           params: str = ParamsOpt, set: Optional[list[str]] = SetOpt) -> None:
-    """The model behind KServe's V1/V2 endpoints (<name> for embeddings + search, <name>-generate), with
-    POST /v1/feedback; every answer goes to the traffic log with the model version."""
-    from cafe.serving.index import build_index, gallery_items, load_index
-    from cafe.serving.server import Service, run
-    from cafe.serving.traffic import TrafficLog
+    """The model behind KServe's V1/V2 endpoints (<name> for embeddings + search, <name>-generate), POST
+    /v1/feedback and the OpenAI-compatible /v1/embeddings, /v1/chat/completions, /v1/models; every answer goes to
+    the traffic log with the model version."""
+    from cafe.cli import _params, _quiet_libraries
+    from cafe.serving.server import open_service, run
 
-    p, adapter, version = _load(model, params, set)
-    index = None
-    if p.serve.gallery:
-        items = gallery_items(p.serve.gallery)
-        index = load_index(p.serve.index_store, version, items)
-        if index is None:
-            console.print(f"no gallery index for {version} yet: building it ({len(items)} images)")
-            index = build_index(adapter, items, p.serve.index_store, version, p.serve.batch_size)
-    service = Service(adapter, version, TrafficLog(p.serve.traffic_store), index, name=p.serve.model_name,
-                      top_k=p.serve.top_k, log_embeddings=p.serve.log_embeddings, max_new_tokens=p.serve.max_new_tokens)
-    console.print(f"serving {version} as {p.serve.model_name} on {host or p.serve.host}:{port or p.serve.port}; "
+    _quiet_libraries()
+    p = _params(params, set)
+    service = open_service(p, model, log=console.print)
+    console.print(f"serving {service.version} as {p.serve.model_name} on {host or p.serve.host}:{port or p.serve.port}; "
                   f"traffic -> {service.traffic.store.uri}")
     run(service, host or p.serve.host, port or p.serve.port)
 
@@ -61,13 +54,17 @@ def serve(model: Optional[str] = ModelOpt, host: Optional[str] = typer.Option(No
 def index(model: Optional[str] = ModelOpt, params: str = ParamsOpt, set: Optional[list[str]] = SetOpt) -> None:
     """(Re)compute the gallery embeddings of the served version (after a promotion to production marked them
     stale) into serve.index_store."""
+    from cafe.contract import contract_of
     from cafe.registry import Registry
-    from cafe.serving.index import build_index, gallery_items, reindex_status
+    from cafe.serving.index import build_index, gallery_items, index_key, reindex_status, weights_digest
+    from cafe.serving.server import resolve_model
 
     p, adapter, version = _load(model, params, set)
     items = gallery_items(p.serve.gallery)
-    built = build_index(adapter, items, p.serve.index_store, version, p.serve.batch_size)
-    out.print(f"gallery index {version}: {len(built.ids)} images -> {p.serve.index_store}")
+    key = index_key(weights_digest(resolve_model(model, p)[0]))
+    built = build_index(adapter, items, p.serve.index_store, key, p.serve.batch_size, label=version,
+                        contract=contract_of(adapter))
+    out.print(f"gallery index {version} ({key}): {len(built.ids)} images -> {p.serve.index_store}")
     if not model:
         status = reindex_status(Registry(p.registry.store), p.registry.name, p.serve.ref, p.serve.index_store, items)
         out.print(f"reindex status of {p.serve.ref}: {json.dumps(status)}")
