@@ -239,7 +239,7 @@ class RepurposeConfig(_Section):
     progress: bool = True
 
 
-EVAL_PARTS = ("retrieval", "captions", "pope", "throne", "sugarcrepe", "mmstar", "geometry")
+EVAL_PARTS = ("retrieval", "captions", "pope", "throne", "sugarcrepe", "mmstar", "geometry", "mmeb")
 
 
 class EvalConfig(_Section):
@@ -249,7 +249,7 @@ class EvalConfig(_Section):
     batch_size: int = 64
     max_new_tokens: int = 32  # brief captions
     recall_ks: list[int] = Field(default_factory=lambda: [1, 5, 10])
-    parts: list[Literal[EVAL_PARTS]] = Field(default_factory=lambda: list(EVAL_PARTS))
+    parts: list[Literal[EVAL_PARTS]] = Field(default_factory=lambda: list(EVAL_PARTS[:-1]))  # mmeb: opt in
     # at most this many items per part (images, questions, or pairs per subset/split); absent or 0 = all
     max_items: dict[str, int] = Field(default_factory=dict)
     cache_dir: str = ".cache/cafe/embeddings"  # "" = never cache embeddings

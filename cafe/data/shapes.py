@@ -29,6 +29,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from cafe.config import SynthConfig
+from cafe.data.mmeb import write_mmeb
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -329,6 +330,7 @@ def generate(cfg: SynthConfig) -> dict[str, int]:
                 qid += 1
     _write_jsonl(eval_dir / "pope.jsonl", pope_lines)
     suite = write_eval_suite(eval_dir, retrieval, probes, pope_lines, random.Random(f"{cfg.eval_seed}:suite"))
+    suite.update(write_mmeb(eval_dir, random.Random(f"{cfg.eval_seed}:mmeb")))  # the same sets as MMEB tasks
     return {"train_images": cfg.train_images, "instruction_records": len(records),
             "retrieval_images": len(retrieval), "retrieval_captions": 5 * len(retrieval),
             "probe_questions": len(pope_lines), **suite}

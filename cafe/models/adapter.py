@@ -175,6 +175,14 @@ class VLMAdapter:
         prompts = [self._template(self._messages([{"type": "text", "text": f"{t}\n{prompt}"}]), True) for t in texts]
         return self._encode_embedding(prompts, None)
 
+    def image_text_embed_inputs(self, images: Sequence[Image.Image], texts: Sequence[str]):
+        """Embedding instruction with an image and a text (a composed query, e.g. an image and a question),
+        then the image prompt."""
+        prompt = self._soft_placeholder() + self.prompts.image_embed
+        prompts = [self._template(self._messages([{"type": "image"}, {"type": "text", "text": f"{t}\n{prompt}"}]), True)
+                   for t in texts]
+        return self._encode_embedding(prompts, images)
+
     def lm_inputs(self, images: Sequence[Image.Image], prompts: Sequence[str], answers: Sequence[str]):
         """Language instruction with labels on the answer tokens (and end-of-turn) only."""
         full, heads = [], []
@@ -237,6 +245,11 @@ class VLMAdapter:
     def encode_texts(self, texts: Sequence[str], batch_size: int = 128) -> torch.Tensor:
         return torch.cat([self.embed(self.text_embed_inputs(texts[i : i + batch_size]))
                           for i in range(0, len(texts), batch_size)])
+
+    @torch.no_grad()
+    def encode_image_texts(self, images: Sequence[Image.Image], texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        return torch.cat([self.embed(self.image_text_embed_inputs(images[i:i + batch_size], texts[i:i + batch_size]))
+                          for i in range(0, len(images), batch_size)])
 
     @torch.no_grad()
     def generate(self, images: Sequence[Image.Image], prompts: Sequence[str], max_new_tokens: int = 32,
