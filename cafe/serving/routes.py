@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from fastapi import Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from cafe.serving.openai_api import add_openai_routes
@@ -17,6 +18,13 @@ if TYPE_CHECKING:
 
 async def request_error(_, err: RequestError) -> JSONResponse:
     return JSONResponse(status_code=err.status, content={"error": str(err)})
+
+
+async def validation_error(_, err: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 for a body its models refuse (KServe's V2 route), without echoing the input back: an input
+    such as ``Infinity`` cannot be written as JSON and would turn the answer into a 500."""
+    where = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg')}" for e in err.errors())
+    return JSONResponse(status_code=422, content={"error": where or "invalid request body"})
 
 
 def add_routes(app, service: "Service") -> None:
@@ -32,5 +40,6 @@ def add_routes(app, service: "Service") -> None:
 
     app.add_middleware(BodyLimit, limit=service.limits.max_body_bytes)
     app.add_exception_handler(RequestError, request_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
     app.add_api_route("/v1/feedback", feedback, methods=["POST"])
     add_openai_routes(app, service)
