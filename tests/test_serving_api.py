@@ -246,7 +246,15 @@ def test_property_based_bodies_never_5xx_and_logged_once(server):
         "top_p": st.floats(-1, 2) | json_values, "stream": st.booleans(), "n": st.integers(0, 3)}), json_values)
     feedback = st.fixed_dictionaries({}, optional={"request_id": st.text(max_size=50) | json_values,
                                                    "chosen": texts | json_values})
-    routes = st.one_of(st.tuples(st.just("/v1/models/cafe:predict"), v1), st.tuples(st.just("/v1/models/cafe-generate:predict"), v1),
+    words = st.text(st.characters(min_codepoint=32, max_codepoint=126), min_size=1, max_size=30).filter(str.strip)
+    valid = st.one_of(  # well-formed bodies, so that answered requests are part of every run
+        st.tuples(st.just("/v1/models/cafe:predict"), st.fixed_dictionaries({"instances": st.lists(st.one_of(
+            st.fixed_dictionaries({"text": words}), st.just({"image_b64": image})), min_size=1, max_size=3)})),
+        st.tuples(st.just("/v1/embeddings"), st.fixed_dictionaries({"model": st.just("cafe"),
+                                                                   "input": st.lists(words, min_size=1, max_size=3)})),
+        st.tuples(st.just("/v2/models/cafe/infer"), words.map(lambda w: {"inputs": [
+            {"name": "text", "shape": [1], "datatype": "BYTES", "data": [w]}]})))
+    routes = st.one_of(valid, st.tuples(st.just("/v1/models/cafe:predict"), v1), st.tuples(st.just("/v1/models/cafe-generate:predict"), v1),
                        st.tuples(st.just("/v2/models/cafe/infer"), v2), st.tuples(st.just("/v1/embeddings"), embeddings),
                        st.tuples(st.just("/v1/chat/completions"), chat), st.tuples(st.just("/v1/feedback"), feedback))
     before = len(_records(server.traffic))
