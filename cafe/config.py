@@ -249,7 +249,7 @@ class RepurposeConfig(_Section):
     progress: bool = True
 
 
-EVAL_PARTS = ("retrieval", "captions", "pope", "throne", "sugarcrepe", "mmstar", "geometry")
+EVAL_PARTS = ("retrieval", "captions", "pope", "throne", "sugarcrepe", "mmstar", "geometry", "mmeb")
 
 
 class EvalConfig(_Section):
@@ -259,7 +259,7 @@ class EvalConfig(_Section):
     batch_size: int = 64
     max_new_tokens: int = 32  # brief captions
     recall_ks: list[int] = Field(default_factory=lambda: [1, 5, 10])
-    parts: list[Literal[EVAL_PARTS]] = Field(default_factory=lambda: list(EVAL_PARTS))
+    parts: list[Literal[EVAL_PARTS]] = Field(default_factory=lambda: list(EVAL_PARTS[:-1]))  # mmeb: opt in
     # at most this many items per part (images, questions, or pairs per subset/split); absent or 0 = all
     max_items: dict[str, int] = Field(default_factory=dict)
     cache_dir: str = ".cache/cafe/embeddings"  # "" = never cache embeddings
@@ -392,8 +392,14 @@ class ServeConfig(_Section):
     index_store: str = "indexes"  # gallery embeddings per model version (open_store URI)
     traffic_store: str = "traffic"  # request and feedback log (open_store URI)
     log_embeddings: bool = True
-    max_new_tokens: int = 32
+    max_new_tokens: int = Field(32, ge=1)  # generation length when a request does not ask
     batch_size: int = 64
+    # what one request may ask for (4xx beyond; images also follow repurpose.images, the data stage's policy)
+    max_body_bytes: int = Field(32 * 2**20, ge=1024)  # 413 beyond
+    max_instances: int = Field(64, ge=1)  # instances / inputs / messages per request
+    max_text_chars: int = Field(4000, ge=1)
+    max_top_k: int = Field(100, ge=1)
+    max_new_tokens_limit: int = Field(256, ge=1)  # the most a request's max_new_tokens / max_tokens may ask
 
 
 class MonitorConfig(_Section):

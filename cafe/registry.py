@@ -44,10 +44,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from tqdm import tqdm
 
+from cafe.contract import read_contract
+from cafe.model_card import model_card
 from cafe.storage import AlreadyExists, ObjectStore, UnsafePath, inside, join, open_store, safe_relpath
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-CARD = "MODEL_CARD.md"
+CARD = "README.md"  # the model card (cafe.model_card), as the Hugging Face hub expects it
 RECORD_FILE = "registry_record.json"  # written next to a pulled model: which version it is
 REINDEX_ALIASES = ("production",)  # promoting to these records that served gallery embeddings must be recomputed
 
@@ -278,26 +280,6 @@ class AliasLog(NumberedLog):
         return True
 
 
-def model_card(record: dict) -> str:
-    """A Markdown model card: lineage, gate result and metrics of one registered version."""
-    gate = record.get("gate") or {}
-    lines = [f"# {record['name']}" + (f" v{record['version']}" if record.get("version") else ""), "",
-             "Fine-tuned with CAFe (contrastive-autoregressive fine-tuning): one model for embeddings and text.", "",
-             "## Lineage", "", "| field | value |", "| --- | --- |"]
-    for field in ("created_at", "created_by", "data_version", "code_version", "parent", "params_sha256",
-                  "upload_id"):
-        lines.append(f"| {field} | `{record.get(field)}` |")
-    lines += ["", f"## Gate: {'passed' if gate.get('passed') else 'FAILED'}", ""]
-    for check in gate.get("checks", []):
-        lines.append(f"- {json.dumps(check, sort_keys=True)}")
-    lines += ["", "## Metrics", "", "| metric | value |", "| --- | --- |"]
-    for key, value in sorted((record.get("metrics") or {}).items()):
-        lines.append(f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |")
-    lines += ["", "## Files", "", f"{len(record['files'])} files, {record['total_bytes']} bytes; sha256 of each "
-              "in the version record, checked on every pull.", ""]
-    return "\n".join(lines)
-
-
 class Registry:
     """Registered model versions with lineage in an object store (see the module docstring for the layout)."""
 
@@ -376,9 +358,10 @@ class Registry:
             "code_version": code_version or git_code_version(),
             "parent": self._resolve_parent(parent),
             "params_sha256": files.get("params.yaml", {}).get("sha256"),
-            "metrics": metrics, "gate": gate,
+            "metrics": metrics, "gate": gate, "contract": read_contract(model_dir),
         }
-        card = model_card({**record, "files": files, "total_bytes": sum(f["size"] for f in files.values())}).encode()
+        card = model_card({**record, "files": files, "total_bytes": sum(f["size"] for f in files.values())},
+                          params_text).encode()
         generated[CARD] = card
         files[CARD] = {"sha256": hashlib.sha256(card).hexdigest(), "size": len(card)}
         record["files"] = dict(sorted(files.items()))

@@ -29,8 +29,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from cafe.config import EvalConfig, PromptConfig
+from cafe.data.mmeb import FOLDER as mmeb_folder
 from cafe.data.shapes import COLOURS, SHAPES
-from cafe.evaluation import geometry, mmstar, pope, sugarcrepe, throne
+from cafe.evaluation import geometry, mmeb, mmstar, pope, sugarcrepe, throne
 from cafe.evaluation.cache import EmbeddingCache, files_fingerprint, model_fingerprint, texts_fingerprint
 from cafe.evaluation.generation import parse_objects
 from cafe.evaluation.per_item import PerItem, explained_variance, throne_classwise
@@ -237,11 +238,20 @@ class Evaluator:
                       arrays["correct"])
         self.details["counts"]["mmstar"] = len(questions)
 
+    def mmeb(self) -> None:
+        root, tasks = mmeb.load_tasks(self.data / mmeb_folder)
+        arrays, meta = mmeb.mmeb_arrays(root, tasks, lambda p: self.embed_images(p, "MMEB"),
+                                        lambda t: self.embed_texts(t, "MMEB"),
+                                        lambda p, t: self.adapter.encode_image_texts(_load_images(p), t),
+                                        self.limit("mmeb"))
+        self.per_item.add("mmeb", meta, **arrays)
+        self.details["counts"]["mmeb"] = {name: len(records) for name, records in tasks.items()}
+
     # ------------------------------------------------------------------ driver
     def run(self) -> dict[str, float]:
         self.adapter.model.eval()
         self.plots: dict[str, bytes] = {}
-        order = [p for p in ("retrieval", "geometry", "captions", "pope", "throne", "sugarcrepe", "mmstar")
+        order = [p for p in ("retrieval", "geometry", "captions", "pope", "throne", "sugarcrepe", "mmstar", "mmeb")
                  if p in self.cfg.parts]
         for part in tqdm(order, desc="evaluate", leave=False):
             start = time.perf_counter()

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from cafe.evaluation.mmeb import mmeb_metrics
 
 NAN = float("nan")
 
@@ -231,6 +232,7 @@ GROUPS: dict[str, Group] = {
     "sugarcrepe": Group(sugarcrepe_metrics),
     "mmstar": Group(mmstar_metrics),
     "geometry": Group(geometry_metrics, independent=True),
+    "mmeb": Group(mmeb_metrics),
 }
 
 

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from cafe.config import ModelConfig, PromptConfig, TinyModelConfig
+from cafe.contract import write_contract
 from cafe.models import tuning
 
 IGNORE_INDEX = -100
@@ -92,8 +93,10 @@ class VLMAdapter:
 
     def save_pretrained(self, path: str | Path) -> None:
         """Model (safetensors) or, with LoRA, only the adapters and the parts trained in full; the soft
-        prompt; processor, tokenizer and chat template. Loadable by ``from_pretrained``."""
+        prompt; processor, tokenizer and chat template; the embedding contract. Loadable by
+        ``from_pretrained`` and (full checkpoints) by plain transformers."""
         tuning.save(self, Path(path))
+        write_contract(self, path)
 
     def part_of(self, name: str) -> str:
         """"vision_tower", "projector" or "llm" for a parameter or module name."""
@@ -188,6 +191,14 @@ class VLMAdapter:
                    for t in self.truncate(texts)]
         return self._encode_embedding(prompts, None)
 
+    def image_text_embed_inputs(self, images: Sequence[Image.Image], texts: Sequence[str]):
+        """Embedding instruction with an image and a text (a composed query, e.g. an image and a question),
+        then the image prompt."""
+        prompt = self._soft_placeholder() + self.prompts.image_embed
+        prompts = [self._template(self._messages([{"type": "image"}, {"type": "text", "text": f"{t}\n{prompt}"}]), True)
+                   for t in texts]
+        return self._encode_embedding(prompts, images)
+
     def lm_inputs(self, images: Sequence[Image.Image], prompts: Sequence[str], answers: Sequence[str]):
         """Language instruction with labels on the answer tokens (and end-of-turn) only."""
         full, heads = [], []
@@ -250,6 +261,11 @@ class VLMAdapter:
     def encode_texts(self, texts: Sequence[str], batch_size: int = 128) -> torch.Tensor:
         return torch.cat([self.embed(self.text_embed_inputs(texts[i : i + batch_size]))
                           for i in range(0, len(texts), batch_size)])
+
+    @torch.no_grad()
+    def encode_image_texts(self, images: Sequence[Image.Image], texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        return torch.cat([self.embed(self.image_text_embed_inputs(images[i:i + batch_size], texts[i:i + batch_size]))
+                          for i in range(0, len(images), batch_size)])
 
     @torch.no_grad()
     def generate(self, images: Sequence[Image.Image], prompts: Sequence[str], max_new_tokens: int = 32,
