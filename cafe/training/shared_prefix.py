@@ -16,12 +16,13 @@ Masks: an additive float mask ``[B, 1, L, L]`` for eager / SDPA (a boolean one i
 STACK-NOTES); on CUDA the model is switched to FlexAttention and gets a ``BlockMask`` (SDPA with an arbitrary
 mask loses its flash kernels and transformers' FlashAttention takes no custom 4-D mask).
 
-Backward: with ``optim.clip_mode: per_loss`` under the DDP-style strategy the two terms keep their own
-gradients (the language loss back-propagates with the graph retained, the contrastive loss after it); otherwise
-(``global``/``none``, DeepSpeed, which clips the total) one backward of ``a_lm L_lm + a_con L_con``. With
-gradient caching (``train.grad_cache_chunk``) the graph-building re-run of each chunk computes the language
-loss and the cached-gradient surrogate in the same forward and back-propagates them together; under
-``per_loss`` clipping that cannot keep the terms apart, so that combination falls back to three-pass.
+Backward: when the terms must leave their gradients apart (``Terms.separate``: ``optim.clip_mode: per_loss``
+under the DDP-style strategy, and the measuring steps of ``balanced``) the language loss back-propagates with
+the graph retained and the contrastive loss after it; otherwise (``global``/``none``, the other steps of
+``balanced``, DeepSpeed, which clips the total) one backward of ``a_lm L_lm + a_con L_con``. With gradient
+caching (``train.grad_cache_chunk``) the graph-building re-run of each chunk computes the language loss and the
+cached-gradient surrogate in the same forward and back-propagates them together; under ``per_loss`` or
+``balanced`` that cannot keep the terms apart, so those combinations fall back to three-pass.
 
 Families: 1-D rotary positions pack exactly (LLaVA-OneVision, LLaVA-1.5). Qwen2-VL's 3-D rotary positions
 (M-RoPE: image tokens take (time, height, width) positions, the text after an image continues from the image's
@@ -64,8 +65,8 @@ def fallback_reason(adapter: VLMAdapter, cfg: TrainConfig, backward: Backward) -
         return f"model family {adapter.family!r} cannot be packed exactly (its position scheme is not known here)"
     if cfg.objective.alpha_lm <= 0 or cfg.objective.alpha_con <= 0:
         return "only one objective is on: nothing to share"
-    if cfg.grad_cache_chunk > 0 and cfg.optim.clip_mode == "per_loss" and backward is plain_backward:
-        return "gradient caching with per-loss clipping needs each term's gradient apart"
+    if cfg.grad_cache_chunk > 0 and cfg.optim.clip_mode in ("per_loss", "balanced") and backward is plain_backward:
+        return f"gradient caching with clip_mode {cfg.optim.clip_mode} needs each term's gradient apart"
     return None
 
 
