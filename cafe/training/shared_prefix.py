@@ -66,7 +66,7 @@ def fallback_reason(adapter: VLMAdapter, cfg: TrainConfig, backward: Backward) -
     if cfg.objective.alpha_lm <= 0 or cfg.objective.alpha_con <= 0:
         return "only one objective is on: nothing to share"
     if cfg.grad_cache_chunk > 0 and cfg.optim.clip_mode in ("per_loss", "balanced") and backward is plain_backward:
-        return f"gradient caching with clip_mode {cfg.optim.clip_mode} needs each term's gradient apart"
+        return f"gradient caching with per-loss clipping (clip_mode {cfg.optim.clip_mode}) needs each term's gradient apart"
     return None
 
 
