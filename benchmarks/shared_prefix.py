@@ -217,6 +217,10 @@ def time_modes(adapter, p, data: dict, modes, repeats: int, balance_every: int =
 
     def step(mode: str) -> float:
         strategy = strategies[mode]
+        if device.type == "cuda":  # each step on its GPU kernels: FlexAttention for the packed one, else SDPA
+            want = "flex_attention" if mode.startswith("shared_prefix") else "sdpa"
+            if adapter.model.config._attn_implementation != want:
+                adapter.model.set_attn_implementation(want)
         _sync(device)
         with PeakMemory(device) as memory:
             start, cpu = time.perf_counter(), time.process_time()
@@ -340,7 +344,10 @@ def main() -> None:
     from rich.table import Table
     from tqdm.auto import tqdm
 
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONPATH": str(ROOT)}
+    # a fixed mmap threshold makes glibc hand large freed blocks back at once, so the resident set follows the
+    # memory in use (with the default, dynamic threshold it keeps an earlier, larger step's pages)
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONPATH": str(ROOT),
+           "MALLOC_MMAP_THRESHOLD_": os.environ.get("MALLOC_MMAP_THRESHOLD_", "262144")}
     rows = []
     for model in tqdm(args.models, desc="models", unit="model"):
         proc = subprocess.run([sys.executable, __file__, "--one", model, "--modes", *modes, "--batch", str(args.batch),
