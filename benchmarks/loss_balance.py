@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # run as a script, this folder would come first on sys.path and benchmarks/peft.py would shadow peft
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
 
+from benchmarks._results import default_out, write_result  # noqa: E402
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -39,7 +41,7 @@ def main() -> None:
     ap.add_argument("--caption-images", type=int, default=100)
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="more params.yaml overrides")
     ap.add_argument("--work", default=str(ROOT / "runs/loss_balance"))
-    ap.add_argument("--out", default=str(ROOT / "docs/results/loss_balance.json"))
+    ap.add_argument("--out", default=default_out("loss_balance"))
     args = ap.parse_args()
 
     import torch
@@ -114,19 +116,7 @@ def main() -> None:
         table.add_row(mode, str(len(rows)), stat("i2t_R@1"), stat("t2i_R@1"), stat("object_f1"),
                       stat("final_loss_lm"), f"{summary[mode]['train_seconds']:.0f}")
     Console(width=150).print(table)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"command": " ".join(["python", *sys.argv]), "args": vars(args), "runs": runs,
-                               "mean": summary, **_provenance()}, indent=1))
-
-
-def _provenance() -> dict:
-    """The commit the numbers came from (benchmarks/_results.py does this once the infra helper's is merged)."""
-    import subprocess
-
-    def git(*a: str) -> str:
-        return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    write_result(args.out, {"args": vars(args), "runs": runs, "mean": summary})
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ Each scenario runs in a fresh process so its peak memory (ru_maxrss) is its own:
 
     python benchmarks/retrieval_eval.py [--images 5000 --captions-per-image 5 --dim 896]
 
-Prints a table and writes benchmarks/results/retrieval_eval.json.
+Prints a table and writes docs/results/retrieval_eval.json.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks._results import default_out, write_result  # noqa: E402
 
 
 def _rss_mb() -> float:
@@ -117,7 +119,7 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=896)
     ap.add_argument("--chunks", type=int, nargs="+", default=[256, 1024, 4096])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "retrieval_eval.json"))
+    ap.add_argument("--out", default=default_out("retrieval_eval"))
     ap.add_argument("--throughput-only", action="store_true",
                     help="only the embedding throughput, batched vs batch size 1 (same model, inputs and run)")
     ap.add_argument("--scenario", help=argparse.SUPPRESS)
@@ -133,9 +135,7 @@ def main() -> None:
         for kind in ("images", "texts"):
             print(f"  {kind}: {rate[kind + '_per_s']:.1f}/s batched vs {rate[kind + '_per_s_batch1']:.1f}/s at batch size 1"
                   f" ({rate[kind + '_speedup']:.1f}x)")
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"command": " ".join(["python", *sys.argv]), **_provenance(),
-                                              "threads": args.threads, **rate}, indent=1))
+        write_result(args.out, {"threads": args.threads, **rate})
         print(f"-> {args.out}")
         return
 
@@ -172,17 +172,9 @@ def main() -> None:
         print(f"{r['scenario']:<22}{r['chunk']:>7}{r['embeddings_s']:>15.2f}{r['similarity_s']:>14.2f}{r['total_s']:>10.1f}"
               f"{r['peak_rss_mb']:>13.0f}{r['peak_over_embeddings_mb']:>15.0f}")
     print("uncached total = projected embedding step + random embeddings written to the cache + similarity")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"images": args.images, "captions": n_txt, "dim": args.dim,
-                                          "threads": args.threads, "tiny_model_throughput": rate, "rows": rows}, indent=1))
+    write_result(args.out, {"images": args.images, "captions": n_txt, "dim": args.dim,
+                            "threads": args.threads, "tiny_model_throughput": rate, "rows": rows})
     print(f"-> {args.out}")
-
-
-def _provenance() -> dict:
-    """The commit the numbers came from (until benchmarks/_results.py, the infra helper's, is on main)."""
-    def git(*a: str) -> str:
-        return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
 
 
 if __name__ == "__main__":

@@ -35,6 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # run as a script, this folder would come first on sys.path and benchmarks/peft.py would shadow peft
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
 
+from benchmarks._results import default_out, write_result  # noqa: E402
+
 MODES = ("language_only", "three_pass", "shared_prefix_per_loss", "shared_prefix_global", "shared_prefix_balanced")
 MODELS = {
     "embedded": {"image_size": 96, "tiny": {"patch_size": 32}, "vocab": None},
@@ -332,7 +334,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--balance-every", type=int, default=10)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/shared_prefix.json"))
+    ap.add_argument("--out", default=default_out("shared_prefix"))
     ap.add_argument("--one", help=argparse.SUPPRESS)  # model: the child process that measures it
     args = ap.parse_args()
     modes = ["language_only", *[k for k in args.modes if k != "language_only"]]
@@ -390,17 +392,8 @@ def main() -> None:
                        f"{f['three_pass_gflop']:.0f}", f"{f['shared_prefix_gflop']:.0f}", f"{f['three_pass_x']:.3f}",
                        f"{f['shared_prefix_x']:.3f}")
     console.print(ftable)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"command": " ".join(["python", *sys.argv]), **provenance(),
-                                          "batch": args.batch, "threads": env["OMP_NUM_THREADS"], "steps": steps,
-                                          "breakdown": parts, "forward_flops": flops}, indent=1))
-
-
-def provenance() -> dict:
-    """The commit the numbers came from (until benchmarks/_results.py, the infra helper's, is on main)."""
-    def git(*a: str) -> str:
-        return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    write_result(args.out, {"batch": args.batch, "threads": env["OMP_NUM_THREADS"], "steps": steps,
+                            "breakdown": parts, "forward_flops": flops})
 
 
 if __name__ == "__main__":

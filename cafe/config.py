@@ -27,6 +27,11 @@ class SynthConfig(_Section):
     out: str = "data/shapes"
     seed: int = 0
     eval_seed: int = 1
+    # a third world for tuning (learning rates, mixtures, budgets); None = not written
+    dev_seed: Optional[int] = 2
+    # share of the scene space held out for the evaluation world, and as much again for the dev world: a
+    # scene's world is a hash of its content, so the training world never draws a dev or evaluation scene
+    held_out_share: float = Field(0.1, gt=0, le=0.25)
     image_size: int = 64
     train_images: int = 4000
     retrieval_images: int = 500
@@ -91,6 +96,8 @@ class ModelConfig(_Section):
     attn_implementation: str = "sdpa"
     gradient_checkpointing: bool = False
     embed_padding_side: Literal["left", "right"] = "left"
+    # captions and answers longer than this many tokens are cut at training (counted in the train log)
+    max_text_tokens: int = Field(512, ge=1)
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
     soft_prompt: SoftPromptConfig = Field(default_factory=SoftPromptConfig)
@@ -151,6 +158,8 @@ class TrainConfig(_Section):
     save_every: int = 0  # steps; 0 = only at the end
     keep_last: int = 2
     log_every: int = 10
+    # steps between validation losses on the data's val/ split (and one after the last step); 0 = off
+    eval_every: int = Field(0, ge=0)
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     # bf16 autocast on GPU (master weights stay in model.dtype); CPU runs always compute in fp32
     precision: Literal["bf16", "fp32"] = "bf16"
@@ -160,7 +169,7 @@ class TrainConfig(_Section):
     # "three_pass": separate language, image-embedding and text-embedding forwards (the reference);
     # "shared_prefix": one packed forward per sample for both objectives (cafe.training.shared_prefix)
     step: Literal["three_pass", "shared_prefix"] = "three_pass"
-    # distributed strategy (issue 6, CONTRACTS.md; the deepspeed branch defines the same three keys)
+    # distributed strategy (docs/distributed.md)
     strategy: Literal["ddp", "deepspeed"] = "ddp"
     deepspeed_config: str = ""  # a JSON file in configs/deepspeed/ when strategy is deepspeed
     checkpoint_store: str = ""  # an open_store URI for checkpoints; empty = the local output folder
@@ -235,6 +244,7 @@ class RepurposeConfig(_Section):
     # the unit training reads at once: one random item costs one row group, so keep it small for large images
     row_group_rows: int = Field(32, ge=1)
     short_caption: ShortCaptionConfig = Field(default_factory=ShortCaptionConfig)
+    max_caption_chars: int = Field(4000, ge=1)  # longer long captions are quarantined (caption_too_long)
     images: ImageRulesConfig = Field(default_factory=ImageRulesConfig)
     near_duplicates: bool = False  # also drop images within ``near_duplicate_distance`` of a kept one (pHash)
     near_duplicate_distance: int = Field(2, ge=0, le=3)
@@ -280,7 +290,11 @@ class GateConfig(_Section):
     judged with a bootstrap confidence interval from the per-item results."""
 
     floors: dict[str, float] = Field(default_factory=dict)  # metric -> lowest acceptable value
+    # metric -> highest acceptable value: ceilings of lower-is-better metrics (invalid-answer rates)
+    max_value: dict[str, float] = Field(default_factory=dict)
     max_regression: dict[str, float] = Field(default_factory=dict)  # metric -> largest allowed drop vs reference
+    # lower is better (a rise is a regression) for these, for every *_invalid_rate / *_empty_rate metric
+    # (cafe.evaluation.per_item.lower_is_better) and for every metric with a max_value
     lower_is_better: list[str] = Field(default_factory=lambda: ["modality_gap"])
     reference_alias: str = "production"  # the registry alias compared against; "" = always the given reference
     require_reference: bool = True  # regression checks without a reference fail (else they pass, saying so)

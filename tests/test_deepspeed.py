@@ -13,12 +13,19 @@ import torch.distributed as dist
 
 from cafe.distributed import DistEnv, average_gradients
 from cafe.training.step import loss_terms
-from cafe.training.strategy import DeepSpeedStrategy, deepspeed_config
+from cafe.training.strategy import DeepSpeedStrategy, build_deepspeed_ops, deepspeed_config
 from tests.conftest import make_adapter
 from tests.multiproc import free_port, spawn, train_pairs
 from tests.test_grad_cache import _batch
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _extensions_built():
+    """Build DeepSpeed's JIT extension in this process before the ranks start: with an empty cache the build
+    takes minutes, which must not count against the workers' deadline (the ranks then only load it)."""
+    build_deepspeed_ops()
 
 
 def _cfg(params, chunk, step="three_pass"):

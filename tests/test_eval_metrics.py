@@ -47,6 +47,40 @@ def test_pope_answer_parsing_and_mixed_split():
     assert m["pope_random_yes_ratio"] == 0.5
 
 
+# replies where POPE's evaluate.py (RUCAIBox/POPE) and a lower-casing, any-whitespace parser disagree:
+# POPE is case-sensitive, removes commas without a space and splits on single spaces only
+POPE_DIFFERS = [
+    ("NO", "yes"), ("NOT at all", "yes"), ("Not really", "yes"), ("No\nthere is none", "yes"),
+    ("no\tway", "yes"), ("Yes,no", "yes"), ("it is not,a cat", "yes"), ("there is NO cat", "yes"),
+]
+
+
+@pytest.mark.parametrize(("reply", "official"), POPE_DIFFERS)
+def test_pope_parsing_is_popes_own_where_a_looser_parser_differs(reply, official):
+    looser = "no" if {"no", "not"} & set(reply.split(".")[0].replace(",", " ").lower().split()) else "yes"
+    assert looser != official  # each case is one where the rules part
+    assert pope.parse_answer(reply) == official
+
+
+def test_pope_reply_kinds_yes_no_other():
+    kinds = {"Yes": "yes", "yes, there is": "yes", "No": "no", "There is not a cat. Yes": "no",
+             "Yes. There is no dog.": "yes", "a large red circle": "other", "": "other", "Nope": "other",
+             "YES": "other", "no.": "no", "I do not know": "no", "Yes no": "no"}
+    assert {reply: pope.answer_kind(reply) for reply in kinds} == kinds
+    assert all(pope.parse_answer(r) == ("no" if k == "no" else "yes") for r, k in kinds.items())  # other -> yes
+
+
+def test_pope_invalid_rate_counts_replies_without_yes_or_no():
+    qs = [pope.PopeQuestion(i, "x.png", "q", l, s) for i, (l, s) in
+          enumerate([("yes", "random"), ("no", "random"), ("yes", "popular"), ("no", "popular")])]
+    arrays, meta = pope.pope_arrays(qs, ["Yes", "a small red", "no", "blue cross and"])
+    m = PerItem().add("pope", meta, **arrays)
+    assert m["pope_invalid_rate"] == 0.5 and m["pope_random_invalid_rate"] == 0.5
+    assert m["probe_yes_ratio"] == 0.75  # POPE's own reading: the fragments are "yes"
+    legacy = {k: v for k, v in arrays.items() if k != "valid"}  # evaluations written before the rate
+    assert "pope_invalid_rate" not in PerItem().add("pope", meta, **legacy)
+
+
 def test_pope_file_errors_name_the_line(tmp_path):
     path = tmp_path / "coco_pope_random.json"
     path.write_text(json.dumps({"question_id": 1, "image": "a.png", "text": "q", "label": "yes"}) + "\n{broken\n")
@@ -107,11 +141,47 @@ def test_mmstar_choice_parsing_and_accuracy():
     assert mmstar.parse_choice("B", opts) == "B" and mmstar.parse_choice("(C).", opts) == "C"
     assert mmstar.parse_choice("two", opts) == "B"  # the option's text when no letter is given
     assert mmstar.parse_choice("A or B", opts) is None and mmstar.parse_choice("", opts) is None
-    qs = [mmstar.ChoiceQuestion(i, q, "B", cat, "x.png") for i, cat in enumerate(["counting", "counting", "colour"])]
-    arrays, meta = mmstar.mmstar_arrays(qs, ["B", "D", "B"])
+    qs = [mmstar.ChoiceQuestion(i, q, "B", cat, "x.png") for i, cat in enumerate(["counting", "counting", "colour", "colour"])]
+    arrays, meta = mmstar.mmstar_arrays(qs, ["B", "D", "B", "a large red"])
     m = PerItem().add("mmstar", meta, **arrays)
-    assert m["mmstar_accuracy"] == pytest.approx(2 / 3)
-    assert m["mmstar_counting_accuracy"] == 0.5 and m["mmstar_colour_accuracy"] == 1.0
+    assert m["mmstar_accuracy"] == pytest.approx(2 / 4) and m["mmstar_invalid_rate"] == 0.25
+    assert m["mmstar_counting_accuracy"] == 0.5 and m["mmstar_colour_accuracy"] == 0.5
+
+
+POSITION_Q = "Where is the red circle relative to the blue cross?\nOptions: A: below, B: left, C: above, D: right"
+COUNT_Q = "How many objects are in the image?\nOptions: A: one, B: two, C: three, D: four"
+COLOUR_Q = "What colour is the circle?\nOptions: A: red, B: blue, C: green, D: white"
+# (question, reply, VLMEvalKit's choice, what a whole-word, any-punctuation parser would choose)
+VLMEVALKIT_DIFFERS = [
+    (POSITION_Q, "B because the circle is on the right", "D", "B"),  # letter not among the last 4 tokens: text
+    (POSITION_Q, "B?", None, "B"),  # "?" is not among the stripped characters
+    (POSITION_Q, "'C'", None, "C"),
+    (COUNT_Q, "none", "A", None),  # option texts match as substrings: "one" in "none"
+    (COLOUR_Q, "the shape at the top left of the image is red", None, "A"),  # longer than 2x the option texts
+    (COUNT_Q, "I think it is B and the answer is C", "C", None),  # two letters, then "answer is C"
+]
+
+
+@pytest.mark.parametrize(("question", "reply", "official", "looser"), VLMEVALKIT_DIFFERS)
+def test_mmstar_parsing_is_vlmevalkits_can_infer(question, reply, official, looser):
+    import re
+
+    opts = mmstar.options(question)
+    tokens = re.sub(r"[^\w\s]", " ", reply).split()
+    letters = {t for t in tokens if t in opts}
+    words = re.sub(r"[^\w\s]", " ", reply.lower()).split()
+    text = " " + " ".join(words) + " "
+    named = [k for k, v in opts.items() if f" {v} " in text]
+    assert looser == (letters.pop() if len(letters) == 1 else named[0] if len(named) == 1 else None)
+    assert mmstar.parse_choice(reply, opts) == official != looser
+
+
+def test_mmstar_refusals_and_z_are_no_choice():
+    opts = mmstar.options(COUNT_Q)
+    assert mmstar.option_letter("Cannot determine the answer from this", opts) == "Z"
+    assert mmstar.option_letter("Z", opts) == "Z" and mmstar.parse_choice("Z", opts) is None
+    assert mmstar.parse_choice("The correct answer is **D**. Here is why: the image holds four shapes", opts) == "D"
+    assert mmstar.parse_choice("B.", opts) == "B" and mmstar.parse_choice("(C) three", opts) == "C"
 
 
 def test_mmstar_rejects_an_answer_that_is_not_an_option(tmp_path):
