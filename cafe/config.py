@@ -133,9 +133,12 @@ class OptimConfig(_Section):
     min_lr_ratio: float = 0.0
     # "per_loss" clips the contrastive and language gradients separately before adding them, so that
     # alpha_con = 10 cannot starve the language term under one shared clip; "global" clips their sum.
+    # "balanced": per-loss clipping measured every `balance_every` steps (two backwards), its factors applied
+    # as loss weights on the steps between (one backward; cafe/training/optim.py LossBalance).
     # Under train.strategy=deepspeed the engine clips the total (no rank holds a whole per-term gradient).
-    clip_mode: Literal["per_loss", "global", "none"] = "per_loss"
+    clip_mode: Literal["per_loss", "balanced", "global", "none"] = "per_loss"
     clip_norm: float = 1.0
+    balance_every: int = Field(10, ge=1)
 
 
 class TrainConfig(_Section):

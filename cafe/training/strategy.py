@@ -34,7 +34,7 @@ import torch.distributed as tdist
 from cafe.config import TrainConfig
 from cafe.distributed import DistEnv, average_gradients
 from cafe.training.checkpoint import safe_load
-from cafe.training.optim import backward_and_clip, build_optimizer, build_scheduler, param_groups
+from cafe.training.optim import LossBalance, backward_and_clip, build_optimizer, build_scheduler, param_groups
 from cafe.training.step import Term, plain_backward
 
 log = logging.getLogger(__name__)
@@ -52,12 +52,13 @@ class DDPStrategy:
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, total_steps)
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
                          if dist.device.type == "cuda" and cfg.precision == "bf16" else nullcontext())
+        self.balance = LossBalance(cfg.optim)  # optim.clip_mode balanced: its factors, kept across steps
 
     backward = staticmethod(plain_backward)
 
     def step(self, terms: dict[str, Term]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         with self.autocast:
-            losses, norms = backward_and_clip(terms, self.params, self.cfg.optim, average_gradients)
+            losses, norms = backward_and_clip(terms, self.params, self.cfg.optim, average_gradients, self.balance)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -188,7 +189,7 @@ class DeepSpeedStrategy:
             lr_scheduler=lambda opt: build_scheduler(opt, cfg.optim, total_steps), dist_init_required=False)
         self.stage = self.engine.zero_optimization_stage()
         _safe_checkpoint_engine(self.engine)
-        if cfg.optim.clip_mode == "per_loss" and dist.is_main:
+        if cfg.optim.clip_mode in ("per_loss", "balanced") and dist.is_main:
             log.info("DeepSpeed clips the total gradient (gradient_clipping=%s), not each loss term",
                      self.config["gradient_clipping"])
 
