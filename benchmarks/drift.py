@@ -1,7 +1,7 @@
 """Drift scenario in the shapes world: how often the monitor says ok / warn / retrain for three kinds of
 traffic, over many seeds, and whether retraining on the harmful window brings feedback R@K back.
 
-    python benchmarks/drift.py [--seeds 20] [--steps 200] [--out benchmarks/results/drift.json]
+    python benchmarks/drift.py [--seeds 20] [--steps 200] [--out docs/results/drift.json]
 
 A tiny model of the real architecture (hidden 32, conftest's size) is trained contrastive-only on the
 in-distribution world for ``--steps`` steps, its monitor reference is built on an in-distribution validation
@@ -28,6 +28,7 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])  # the repo, not benchmar
 
 import torch  # noqa: E402
 
+from benchmarks._results import default_out, write_result  # noqa: E402
 from cafe.config import TinyModelConfig, load_params  # noqa: E402
 from cafe.data import shapes  # noqa: E402
 from cafe.data.drift import KINDS, training_pairs, write_world  # noqa: E402
@@ -65,7 +66,7 @@ def main() -> None:
     ap.add_argument("--gallery", type=int, default=100)
     ap.add_argument("--train-images", type=int, default=600)
     ap.add_argument("--work", default="")
-    ap.add_argument("--out", default="benchmarks/results/drift.json")
+    ap.add_argument("--out", default=default_out("drift"))
     args = ap.parse_args()
     torch.set_num_threads(1)
     start = time.perf_counter()
@@ -134,8 +135,7 @@ def main() -> None:
               "retraining": {"window_pairs": len(window_lines), "train_pairs": len(pairs),
                              f"feedback_R@{cfg.recall_k}_before": before, f"feedback_R@{cfg.recall_k}_after": after},
               "seconds": round(time.perf_counter() - start, 1)}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
+    write_result(args.out, result)
     print(f"\n| traffic | ok | warn | retrain |   (over {args.seeds} seeds, window {args.gallery} searches)")
     print("|---|---:|---:|---:|")
     for kind in KINDS:

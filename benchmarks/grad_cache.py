@@ -1,7 +1,7 @@
 """Gradient caching: peak memory and samples/s of one CAFe step (L_lm + L_con over the whole batch) for
 contrastive batches of 64 to 1024, with and without caching, on the tiny model in one process.
 
-Usage: python benchmarks/grad_cache.py [--batches 64 128 256 512 1024] [--chunk 32] [--out benchmarks/results/grad_cache.json]
+Usage: python benchmarks/grad_cache.py [--batches 64 128 256 512 1024] [--chunk 32] [--out docs/results/grad_cache.json]
 
 Each (batch, caching) runs in its own process, so its peak resident set (``ru_maxrss``) is its own; the table
 also gives the growth over the process's resident set just before the step (activations, gradients and the
@@ -24,6 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # run as a script, this folder would come first on sys.path and benchmarks/peft.py would shadow peft
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
+
+from benchmarks._results import default_out, write_result  # noqa: E402
 
 
 def _rss_mib() -> float:
@@ -74,7 +76,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", type=int, nargs="+", default=[64, 128, 256, 512, 1024])
     ap.add_argument("--chunk", type=int, default=32)
-    ap.add_argument("--out", default=str(ROOT / "benchmarks/results/grad_cache.json"))
+    ap.add_argument("--out", default=default_out("grad_cache"))
     ap.add_argument("--one", nargs=2, type=int, help=argparse.SUPPRESS)  # batch chunk: child process
     args = ap.parse_args()
     if args.one:
@@ -108,9 +110,8 @@ def main() -> None:
     ok = all(r["peak_vs_smallest"] <= 1.5 for r in cached)
     print(f"with caching, peak RSS stays within 1.5x of batch {min(args.batches)}: {'yes' if ok else 'NO'} "
           f"(largest ratio {max(r['peak_vs_smallest'] for r in cached):.2f})")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"chunk": args.chunk, "threads": env["OMP_NUM_THREADS"], "rows": rows,
-                                          "cached_within_1_5x": ok}, indent=1))
+    write_result(args.out, {"chunk": args.chunk, "threads": env["OMP_NUM_THREADS"], "rows": rows,
+                            "cached_within_1_5x": ok})
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 data, same number of steps: retrieval R@1 both ways, caption object F1, trainable parameters, peak memory
 (CUDA: max allocated; CPU: peak resident set of the run's own process) and training samples/s.
 
-Usage: python benchmarks/peft.py [--base MODEL_DIR] [--steps 60] [--out benchmarks/results/peft.json]
+Usage: python benchmarks/peft.py [--base MODEL_DIR] [--steps 60] [--out docs/results/peft.json]
 
 Without ``--base`` it builds its own stand-in base: a short language-only pretraining of the tiny model on
 a small shapes world (``--pretrain-steps``); that base captions poorly, so the absolute numbers are low and
@@ -24,6 +24,8 @@ from pathlib import Path
 # package; the repository root goes there instead (so its `cafe` is the one imported, too).
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "benchmarks"]
+
+from benchmarks._results import default_out, write_result  # noqa: E402
 
 import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
@@ -127,7 +129,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", default="runs/bench-peft")
-    ap.add_argument("--out", default="benchmarks/results/peft.json")
+    ap.add_argument("--out", default=default_out("peft"))
     ap.add_argument("--run", choices=list(RUNS), help=argparse.SUPPRESS)  # internal: one run per process
     ap.add_argument("--base-path", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -165,10 +167,8 @@ def main() -> None:
     console.print(table)
     base_note = args.base or f"stand-in: tiny model pretrained language-only for {args.pretrain_steps} steps"
     console.print(f"base: {base_note}; peak memory: {results[0]['memory_kind']}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"base": base_note, "steps": args.steps, "batch_size": args.batch_size,
-                               "device": "cuda" if torch.cuda.is_available() else "cpu", "runs": results}, indent=1))
+    out = write_result(args.out, {"base": base_note, "steps": args.steps, "batch_size": args.batch_size,
+                                  "device": "cuda" if torch.cuda.is_available() else "cpu", "runs": results})
     console.print(f"-> {out}")
 
 

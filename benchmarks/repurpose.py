@@ -2,7 +2,7 @@
 records with 1 and 2 workers, each run in its own process. The target: the peak for 100K within 1.3x of
 the peak for 10K (memory must not grow with the dataset).
 
-Usage: python benchmarks/repurpose.py [--sizes 10000 100000] [--workers 1 2] [--out benchmarks/results/repurpose.json]
+Usage: python benchmarks/repurpose.py [--sizes 10000 100000] [--workers 1 2] [--out docs/results/repurpose.json]
 
 The synthetic data: JSON lines naming 1000 distinct 64 px PNG images (every record a different caption,
 so nothing is a duplicate), 6% broken records (bad JSON, empty answers, missing images) to exercise the
@@ -24,6 +24,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from benchmarks._results import default_out, write_result  # noqa: E402
 
 IMAGES = 1000
 
@@ -109,7 +111,7 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--work", default="/tmp/cafe-bench-repurpose")
-    ap.add_argument("--out", default="benchmarks/results/repurpose.json")
+    ap.add_argument("--out", default=default_out("repurpose"))
     ap.add_argument("--one", nargs=3, metavar=("DATA", "WORKERS", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -149,9 +151,7 @@ def main() -> None:
             console.print(f"{'✓' if ok else '✗'} {w} workers: peak {large} / {small} = "
                           f"{ratios[w]['peak_rss_main_mb']:.2f}x (main), {ratios[w]['peak_rss_tree_mb']:.2f}x (all); "
                           "target <= 1.3x")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"runs": rows, "peak_ratio_large_to_small": ratios,
-                                          "cpu_count": os.cpu_count()}, indent=1))
+    write_result(args.out, {"runs": rows, "peak_ratio_large_to_small": ratios, "cpu_count": os.cpu_count()})
     console.print(f"-> {args.out}")
 
 

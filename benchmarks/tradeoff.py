@@ -9,14 +9,13 @@ Needs the base model (`cafe pretrain`, or `make demo` once).
 from __future__ import annotations
 
 import argparse
-import json
 import time
-from pathlib import Path
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
+from benchmarks._results import default_out, write_result
 from cafe.config import load_params
 from cafe.data.pairs import pairs_dataset
 from cafe.distributed import DistEnv
@@ -39,7 +38,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--steps", type=int, default=0, help="training steps per run (0: params.yaml's epochs)")
-    ap.add_argument("--out", default="benchmarks/results/tradeoff.json")
+    ap.add_argument("--out", default=default_out("tradeoff"))
     ap.add_argument("--parts", default="retrieval,geometry,captions,pope",
                     help="evaluation parts per run (the table needs these; the rest of the suite only costs time)")
     ap.add_argument("--caption-images", type=int, default=0,
@@ -84,9 +83,7 @@ def main() -> None:
         "cafe_f1_share_of_language_only": cafe["object_f1"] / max(1e-9, lm["object_f1"]),
     }
     Console().print(summary)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"runs": results, "summary": summary}, indent=1))
+    write_result(args.out, {"runs": results, "summary": summary})
 
 
 if __name__ == "__main__":

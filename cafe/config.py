@@ -96,6 +96,8 @@ class ModelConfig(_Section):
     attn_implementation: str = "sdpa"
     gradient_checkpointing: bool = False
     embed_padding_side: Literal["left", "right"] = "left"
+    # captions and answers longer than this many tokens are cut at training (counted in the train log)
+    max_text_tokens: int = Field(512, ge=1)
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
     soft_prompt: SoftPromptConfig = Field(default_factory=SoftPromptConfig)
@@ -131,9 +133,12 @@ class OptimConfig(_Section):
     min_lr_ratio: float = 0.0
     # "per_loss" clips the contrastive and language gradients separately before adding them, so that
     # alpha_con = 10 cannot starve the language term under one shared clip; "global" clips their sum.
+    # "balanced": per-loss clipping measured every `balance_every` steps (two backwards), its factors applied
+    # as loss weights on the steps between (one backward; cafe/training/optim.py LossBalance).
     # Under train.strategy=deepspeed the engine clips the total (no rank holds a whole per-term gradient).
-    clip_mode: Literal["per_loss", "global", "none"] = "per_loss"
+    clip_mode: Literal["per_loss", "balanced", "global", "none"] = "per_loss"
     clip_norm: float = 1.0
+    balance_every: int = Field(10, ge=1)
 
 
 class TrainConfig(_Section):
@@ -153,6 +158,8 @@ class TrainConfig(_Section):
     save_every: int = 0  # steps; 0 = only at the end
     keep_last: int = 2
     log_every: int = 10
+    # steps between validation losses on the data's val/ split (and one after the last step); 0 = off
+    eval_every: int = Field(0, ge=0)
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     # bf16 autocast on GPU (master weights stay in model.dtype); CPU runs always compute in fp32
     precision: Literal["bf16", "fp32"] = "bf16"
@@ -162,7 +169,7 @@ class TrainConfig(_Section):
     # "three_pass": separate language, image-embedding and text-embedding forwards (the reference);
     # "shared_prefix": one packed forward per sample for both objectives (cafe.training.shared_prefix)
     step: Literal["three_pass", "shared_prefix"] = "three_pass"
-    # distributed strategy (issue 6, CONTRACTS.md; the deepspeed branch defines the same three keys)
+    # distributed strategy (docs/distributed.md)
     strategy: Literal["ddp", "deepspeed"] = "ddp"
     deepspeed_config: str = ""  # a JSON file in configs/deepspeed/ when strategy is deepspeed
     checkpoint_store: str = ""  # an open_store URI for checkpoints; empty = the local output folder
@@ -237,6 +244,7 @@ class RepurposeConfig(_Section):
     # the unit training reads at once: one random item costs one row group, so keep it small for large images
     row_group_rows: int = Field(32, ge=1)
     short_caption: ShortCaptionConfig = Field(default_factory=ShortCaptionConfig)
+    max_caption_chars: int = Field(4000, ge=1)  # longer long captions are quarantined (caption_too_long)
     images: ImageRulesConfig = Field(default_factory=ImageRulesConfig)
     near_duplicates: bool = False  # also drop images within ``near_duplicate_distance`` of a kept one (pHash)
     near_duplicate_distance: int = Field(2, ge=0, le=3)
@@ -244,7 +252,7 @@ class RepurposeConfig(_Section):
     progress: bool = True
 
 
-EVAL_PARTS = ("retrieval", "captions", "pope", "throne", "sugarcrepe", "mmstar", "geometry")
+EVAL_PARTS = ("retrieval", "captions", "pope", "throne", "sugarcrepe", "mmstar", "geometry", "mmeb")
 
 
 class EvalConfig(_Section):
@@ -254,7 +262,7 @@ class EvalConfig(_Section):
     batch_size: int = 64
     max_new_tokens: int = 32  # brief captions
     recall_ks: list[int] = Field(default_factory=lambda: [1, 5, 10])
-    parts: list[Literal[EVAL_PARTS]] = Field(default_factory=lambda: list(EVAL_PARTS))
+    parts: list[Literal[EVAL_PARTS]] = Field(default_factory=lambda: list(EVAL_PARTS[:-1]))  # mmeb: opt in
     # at most this many items per part (images, questions, or pairs per subset/split); absent or 0 = all
     max_items: dict[str, int] = Field(default_factory=dict)
     cache_dir: str = ".cache/cafe/embeddings"  # "" = never cache embeddings
@@ -387,8 +395,14 @@ class ServeConfig(_Section):
     index_store: str = "indexes"  # gallery embeddings per model version (open_store URI)
     traffic_store: str = "traffic"  # request and feedback log (open_store URI)
     log_embeddings: bool = True
-    max_new_tokens: int = 32
+    max_new_tokens: int = Field(32, ge=1)  # generation length when a request does not ask
     batch_size: int = 64
+    # what one request may ask for (4xx beyond; images also follow repurpose.images, the data stage's policy)
+    max_body_bytes: int = Field(32 * 2**20, ge=1024)  # 413 beyond
+    max_instances: int = Field(64, ge=1)  # instances / inputs / messages per request
+    max_text_chars: int = Field(4000, ge=1)
+    max_top_k: int = Field(100, ge=1)
+    max_new_tokens_limit: int = Field(256, ge=1)  # the most a request's max_new_tokens / max_tokens may ask
 
 
 class MonitorConfig(_Section):

@@ -9,7 +9,16 @@ Layout under the store (a local folder by default, MinIO/S3 on a cluster)::
 
 A registration uploads every file under a fresh upload id first and writes its version record last, so a
 version is visible only when complete; an upload that dies half way leaves unreferenced files (``gc``
-removes them) and no version. Version numbers increase but may skip a number under contention.
+removes them, and the temporary files of killed writes) and no version. Version numbers increase but may
+skip a number under contention.
+
+Aliases move by compare-and-swap on their log: an operation reads the log up to entry N, decides, and writes
+entry N+1 with a conditional write (``put_if_absent``: ``If-None-Match: *`` on S3, an exclusive hard link on a
+folder). If another operation wrote N+1 first, a promotion re-reads and tries again (so ``previous`` is always
+the version it replaced) and a rollback is refused (it would undo a change its caller never saw).
+
+Every record read back is schema-checked (:class:`VersionRecord`, :class:`AliasEvent`), and every file name in
+a record stays inside the destination it is pulled into: a tampered record is refused, naming the field.
 """
 
 from __future__ import annotations
@@ -29,15 +38,18 @@ import uuid
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from tqdm import tqdm
 
-from cafe.storage import AlreadyExists, ObjectStore, join, open_store
+from cafe.contract import read_contract
+from cafe.model_card import model_card
+from cafe.storage import AlreadyExists, ObjectStore, UnsafePath, inside, join, open_store, safe_relpath
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-CARD = "MODEL_CARD.md"
+CARD = "README.md"  # the model card (cafe.model_card), as the Hugging Face hub expects it
 RECORD_FILE = "registry_record.json"  # written next to a pulled model: which version it is
 REINDEX_ALIASES = ("production",)  # promoting to these records that served gallery embeddings must be recomputed
 
@@ -48,6 +60,72 @@ class RegistryError(ValueError):
 
 class ChecksumMismatch(RegistryError):
     """A pulled file does not match the sha256 recorded when it was registered."""
+
+
+UPLOAD_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{12}$")
+
+
+class FileEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=0)
+
+
+class VersionRecord(BaseModel):
+    """A version record as read back from the store; anything else there is refused (it may be tampered)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    name: str = Field(pattern=NAME_RE.pattern)
+    version: int = Field(ge=1)
+    upload_id: str = Field(pattern=UPLOAD_RE.pattern)
+    prefix: str
+    files: dict[str, FileEntry]
+    total_bytes: int = Field(ge=0)
+    data_version: str
+    metrics: dict
+    gate: dict
+
+    @field_validator("files")
+    @classmethod
+    def _relative_names(cls, files: dict) -> dict:
+        for rel in files:
+            safe_relpath(rel, "file name")
+            if rel == RECORD_FILE:
+                raise ValueError(f"file name {rel!r} is reserved")
+        return files
+
+    @model_validator(mode="after")
+    def _prefix_is_the_upload(self):
+        if self.prefix != f"models/{self.name}/files/{self.upload_id}":
+            raise ValueError(f"prefix {self.prefix!r} is not models/{self.name}/files/{self.upload_id}")
+        return self
+
+
+class AliasEvent(BaseModel):
+    """One alias log entry: ``promote`` (to ``version``, replacing ``previous``) or ``rollback`` (``from``)."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True, strict=True)
+    seq: int = Field(ge=1)
+    action: Literal["promote", "rollback"]
+    version: int | None = Field(default=None, ge=1)
+    previous: int | None = None
+    from_: int | None = Field(default=None, alias="from")
+
+    @model_validator(mode="after")
+    def _fields_of_the_action(self):
+        if self.action == "promote" and self.version is None:
+            raise ValueError("a promote event needs 'version'")
+        return self
+
+
+def _validated(model: type[BaseModel], data: Any, where: str) -> dict:
+    try:
+        return model.model_validate(data).model_dump(by_alias=True, exclude_unset=True)
+    except (ValidationError, UnsafePath) as err:
+        first = err.errors()[0] if isinstance(err, ValidationError) else {"loc": (), "msg": str(err)}
+        field = ".".join(str(x) for x in first["loc"]) or "record"
+        raise RegistryError(f"{where}: invalid record: {field}: {first['msg']}; the stored record was damaged or "
+                            "tampered with, and is not used") from None
 
 
 def _now() -> str:
@@ -124,8 +202,10 @@ class NumberedLog:
     entry with ``put_if_absent``, which on S3/MinIO also refuses to overwrite atomically.
     """
 
-    def __init__(self, store: ObjectStore, prefix: str, claims: str, attempts: int = 200):
+    def __init__(self, store: ObjectStore, prefix: str, claims: str, attempts: int = 200,
+                 parse: Callable[[Any, str], dict] | None = None):
         self.store, self.prefix, self.claims, self.attempts = store, prefix, claims, attempts
+        self.parse = parse
 
     def _key(self, n: int) -> str:
         return join(self.prefix, f"{n:06d}.json")
@@ -139,7 +219,13 @@ class NumberedLog:
         return sorted(found)
 
     def read(self, n: int) -> dict:
-        return json.loads(self.store.get_bytes(self._key(n)))
+        """Entry ``n``, schema-checked by ``parse`` (a damaged entry raises :class:`RegistryError`)."""
+        key = self._key(n)
+        try:
+            data = json.loads(self.store.get_bytes(key))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise RegistryError(f"{self.store.uri}/{key}: not valid JSON ({err}); the record is damaged") from None
+        return self.parse(data, f"{self.store.uri}/{key}") if self.parse else data
 
     def entries(self) -> list[dict]:
         return [self.read(n) for n in self.numbers()]
@@ -169,24 +255,29 @@ class NumberedLog:
         raise RegistryError(f"{self.store.uri}/{self.prefix}: no free entry after {self.attempts} attempts")
 
 
-def model_card(record: dict) -> str:
-    """A Markdown model card: lineage, gate result and metrics of one registered version."""
-    gate = record.get("gate") or {}
-    lines = [f"# {record['name']}" + (f" v{record['version']}" if record.get("version") else ""), "",
-             "Fine-tuned with CAFe (contrastive-autoregressive fine-tuning): one model for embeddings and text.", "",
-             "## Lineage", "", "| field | value |", "| --- | --- |"]
-    for field in ("created_at", "created_by", "data_version", "code_version", "parent", "params_sha256",
-                  "upload_id"):
-        lines.append(f"| {field} | `{record.get(field)}` |")
-    lines += ["", f"## Gate: {'passed' if gate.get('passed') else 'FAILED'}", ""]
-    for check in gate.get("checks", []):
-        lines.append(f"- {json.dumps(check, sort_keys=True)}")
-    lines += ["", "## Metrics", "", "| metric | value |", "| --- | --- |"]
-    for key, value in sorted((record.get("metrics") or {}).items()):
-        lines.append(f"| {key} | {value:.4f} |" if isinstance(value, float) else f"| {key} | {value} |")
-    lines += ["", "## Files", "", f"{len(record['files'])} files, {record['total_bytes']} bytes; sha256 of each "
-              "in the version record, checked on every pull.", ""]
-    return "\n".join(lines)
+class AliasLog(NumberedLog):
+    """An alias's events; appended only by compare-and-swap (:meth:`swap`), never by claiming a free number."""
+
+    def state(self) -> tuple[int, list[int]]:
+        """``(head, stack)``: the number of the last event and the alias's versions, current last."""
+        numbers = self.numbers()
+        stack: list[int] = []
+        for n in numbers:
+            event = self.read(n)
+            if event["action"] == "promote":
+                stack.append(event["version"])
+            elif event["action"] == "rollback" and len(stack) > 1:
+                stack.pop()
+        return (numbers[-1] if numbers else 0), stack
+
+    def swap(self, head: int, entry: dict) -> bool:
+        """Write ``entry`` as event ``head + 1`` if no event follows ``head`` yet (a conditional write); False
+        when another operation wrote it first."""
+        try:
+            self.store.put_if_absent(self._key(head + 1), json.dumps({**entry, "seq": head + 1}, indent=1).encode())
+        except AlreadyExists:
+            return False
+        return True
 
 
 class Registry:
@@ -202,14 +293,23 @@ class Registry:
 
     def _versions(self, name: str) -> NumberedLog:
         root = self._root(name)
-        return NumberedLog(self.store, join(root, "versions"), join(root, "claims", "versions"))
 
-    def _alias_log(self, name: str, alias: str) -> NumberedLog:
+        def parse(data: Any, where: str) -> dict:
+            record = _validated(VersionRecord, data, where)
+            if record["name"] != name or where.rpartition("/")[2] != f"{record['version']:06d}.json":
+                raise RegistryError(f"{where}: invalid record: name/version {record['name']!r} v{record['version']} "
+                                    "do not match where it is stored; the record was moved or tampered with")
+            return record
+
+        return NumberedLog(self.store, join(root, "versions"), join(root, "claims", "versions"), parse=parse)
+
+    def _alias_log(self, name: str, alias: str) -> AliasLog:
         root = self._root(name)
         _check_name("alias", alias)
         if alias == "latest" or re.fullmatch(r"v?\d+", alias):
             raise RegistryError(f"alias {alias!r} would read as a version; pick a name like 'production'")
-        return NumberedLog(self.store, join(root, "aliases", alias), join(root, "claims", "aliases", alias))
+        return AliasLog(self.store, join(root, "aliases", alias), join(root, "claims", "aliases", alias),
+                        parse=lambda data, where: _validated(AliasEvent, data, where))
 
     # ----------------------------------------------------------------- register
     def register(self, model_dir: str | Path, name: str, *, metrics: Mapping | str | Path,
@@ -258,9 +358,10 @@ class Registry:
             "code_version": code_version or git_code_version(),
             "parent": self._resolve_parent(parent),
             "params_sha256": files.get("params.yaml", {}).get("sha256"),
-            "metrics": metrics, "gate": gate,
+            "metrics": metrics, "gate": gate, "contract": read_contract(model_dir),
         }
-        card = model_card({**record, "files": files, "total_bytes": sum(f["size"] for f in files.values())}).encode()
+        card = model_card({**record, "files": files, "total_bytes": sum(f["size"] for f in files.values())},
+                          params_text).encode()
         generated[CARD] = card
         files[CARD] = {"sha256": hashlib.sha256(card).hexdigest(), "size": len(card)}
         record["files"] = dict(sorted(files.items()))
@@ -280,7 +381,7 @@ class Registry:
             self._remove_upload(name, upload_id, prefix)
             raise
         if alias:
-            self.promote(name, committed["version"], alias)
+            self._promote(name, committed["version"], alias, only_if_newer=True)
         return committed
 
     def _remove_upload(self, name: str, upload_id: str, prefix: str) -> None:
@@ -310,26 +411,22 @@ class Registry:
         return self._versions(name).entries()
 
     def names(self) -> list[str]:
-        return sorted({key.split("/")[1] for key in self.store.list("models/") if "/versions/" in key})
+        return sorted({key.split("/")[1] for key in self.store.list("models/")
+                       if "/versions/" in key and NAME_RE.match(key.split("/")[1])})
 
     def aliases(self, name: str) -> dict[str, int]:
         """Current version of every alias of ``name``."""
         root = join(self._root(name), "aliases") + "/"
         names = sorted({key[len(root):].split("/")[0] for key in self.store.list(root)})
-        current = {alias: self._alias_state(name, alias) for alias in names}
+        current = {alias: self._alias_state(name, alias) for alias in names
+                   if NAME_RE.match(alias) and alias != "latest" and not re.fullmatch(r"v?\d+", alias)}
         return {alias: stack[-1] for alias, stack in current.items() if stack}
 
     def alias_history(self, name: str, alias: str) -> list[dict]:
         return self._alias_log(name, alias).entries()
 
     def _alias_state(self, name: str, alias: str) -> list[int]:
-        stack: list[int] = []
-        for event in self.alias_history(name, alias):
-            if event["action"] == "promote":
-                stack.append(event["version"])
-            elif event["action"] == "rollback" and len(stack) > 1:
-                stack.pop()
-        return stack
+        return self._alias_log(name, alias).state()[1]
 
     def resolve(self, name: str, ref: str | int = "latest") -> int:
         """A version number from ``3``, ``"v3"``, ``"latest"`` or an alias."""
@@ -358,25 +455,46 @@ class Registry:
 
     # ----------------------------------------------------------------- aliases
     def promote(self, name: str, version: str | int, alias: str) -> dict:
-        """Point ``alias`` (e.g. candidate, production) at ``version``; the previous target stays in history."""
-        number = self.resolve(name, version)
-        previous = (self._alias_state(name, alias) or [None])[-1]
-        # serving keeps gallery embeddings per version: a new production version makes them stale
-        reindex = alias in REINDEX_ALIASES and previous != number
-        self._alias_log(name, alias).append(lambda n: {
-            "seq": n, "action": "promote", "version": number, "at": _now(), "by": getpass.getuser(),
-            "previous": previous, "reindex_required": reindex})
-        return {"alias": alias, "version": number, "previous": previous, "reindex_required": reindex}
+        """Point ``alias`` (e.g. candidate, production) at ``version``; the previous target stays in history.
+        Concurrent operations are serialised by the alias log's compare-and-swap: ``previous`` is the version
+        this promotion replaced, whatever else ran at the same time."""
+        return self._promote(name, self.resolve(name, version), alias)
 
-    def rollback(self, name: str, alias: str) -> dict:
-        """Point ``alias`` back at the version it had before its current one."""
-        stack = self._alias_state(name, alias)
+    def _promote(self, name: str, number: int, alias: str, only_if_newer: bool = False,
+                 attempts: int = 100) -> dict:
+        log = self._alias_log(name, alias)
+        for attempt in range(attempts):
+            head, stack = log.state()
+            previous = stack[-1] if stack else None
+            if only_if_newer and previous is not None and previous >= number:
+                return {"alias": alias, "version": previous, "previous": previous, "reindex_required": False,
+                        "moved": False}
+            # serving keeps gallery embeddings per version: a new production version makes them stale
+            reindex = alias in REINDEX_ALIASES and previous != number
+            if log.swap(head, {"action": "promote", "version": number, "at": _now(), "by": getpass.getuser(),
+                               "previous": previous, "reindex_required": reindex}):
+                return {"alias": alias, "version": number, "previous": previous, "reindex_required": reindex,
+                        "moved": True}
+            time.sleep(random.uniform(0, 0.01 * min(attempt + 1, 10)))
+        raise RegistryError(f"{name}: alias {alias!r} kept changing; {attempts} promotions lost the race, try again")
+
+    def rollback(self, name: str, alias: str, expected: int | None = None) -> dict:
+        """Point ``alias`` back at the version it had before its current one. Refused if the alias is not at
+        ``expected`` (when given) or if another operation moved it between reading and writing."""
+        log = self._alias_log(name, alias)
+        head, stack = log.state()
         if len(stack) < 2:
             raise RegistryError(f"{name}: alias {alias!r} has no earlier version to roll back to "
                                 f"(history: {stack})")
-        self._alias_log(name, alias).append(lambda n: {
-            "seq": n, "action": "rollback", "from": stack[-1], "at": _now(), "by": getpass.getuser()})
-        return {"alias": alias, "version": self._alias_state(name, alias)[-1], "from": stack[-1]}
+        if expected is not None and stack[-1] != expected:
+            raise RegistryError(f"{name}: alias {alias!r} is at v{stack[-1]}, not v{expected}; nothing rolled back")
+        if not log.swap(head, {"action": "rollback", "from": stack[-1], "to": stack[-2], "at": _now(),
+                               "by": getpass.getuser()}):
+            now = log.state()[1]
+            raise RegistryError(f"{name}: alias {alias!r} was moved by another operation while rolling back from "
+                                f"v{stack[-1]} (it is now at v{now[-1] if now else None}); nothing rolled back, "
+                                "run it again if still wanted")
+        return {"alias": alias, "version": stack[-2], "from": stack[-1]}
 
     # ----------------------------------------------------------------- pull
     def pull(self, name: str, ref: str | int, dest: str | Path) -> Path:
@@ -404,13 +522,16 @@ class Registry:
         record = self.show(name, ref)
         wanted = {rel: record["files"][rel] for rel in files if rel in record["files"]}
         self._download(record, wanted, Path(dest))
-        return record, {rel: Path(dest) / rel for rel in wanted}
+        return record, {rel: inside(dest, rel, "file name") for rel in wanted}
 
     def _download(self, record: dict, files: Mapping[str, dict], dest: Path) -> None:
         with tqdm(total=sum(m["size"] for m in files.values()), unit="B", unit_scale=True,
                   desc=f"pull {record['name']} v{record['version']}", disable=not self.progress) as bar:
             for rel, meta in files.items():
-                target = dest / rel
+                try:
+                    target = inside(dest, rel, f"{record['name']} v{record['version']}: file name")
+                except UnsafePath as err:
+                    raise RegistryError(str(err)) from None
                 self.store.get_file(join(record["prefix"], rel), target)
                 actual = sha256_file(target)
                 if actual != meta["sha256"]:
@@ -423,15 +544,18 @@ class Registry:
     # ----------------------------------------------------------------- housekeeping
     def gc(self, name: str, min_age_s: float = 24 * 3600) -> list[str]:
         """Delete uploads no version references that are older than ``min_age_s`` (younger ones may be in
-        progress); returns the upload ids removed."""
+        progress), and the partial files of writes killed that long ago; returns what was removed (upload ids,
+        then partial keys)."""
         referenced = {r["upload_id"] for r in self.list(name)}
         root = join(self._root(name), "files") + "/"
         uploads = sorted({key[len(root):].split("/")[0] for key in self.store.list(root)})
         now = datetime.now(timezone.utc)
         removed = []
         for upload in uploads:
+            if not UPLOAD_RE.match(upload):
+                continue  # not written by register: left for a person to look at
             started = datetime.strptime(upload.split("-")[0], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
             if upload not in referenced and (now - started).total_seconds() >= min_age_s:
                 self.store.delete_prefix(root + upload)
                 removed.append(upload)
-        return removed
+        return removed + self.store.remove_partial(self._root(name) + "/", min_age_s)

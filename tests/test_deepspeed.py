@@ -13,12 +13,21 @@ import torch.distributed as dist
 
 from cafe.distributed import DistEnv, average_gradients
 from cafe.training.step import loss_terms
-from cafe.training.strategy import DeepSpeedStrategy, deepspeed_config
+from cafe.training.strategy import DeepSpeedStrategy, build_deepspeed_ops, deepspeed_config
 from tests.conftest import make_adapter
 from tests.multiproc import free_port, spawn, train_pairs
 from tests.test_grad_cache import _batch
 
 pytestmark = pytest.mark.slow
+# the ranks' deadline: 46 s on 2 idle cores, 234 s on 2 cores at load ~20 (2026-12-03), so 300 s was too tight
+DEADLINE = 900.0
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _extensions_built():
+    """Build DeepSpeed's JIT extension in this process before the ranks start: with an empty cache the build
+    takes minutes, which must not count against the workers' deadline (the ranks then only load it)."""
+    build_deepspeed_ops()
 
 
 def _cfg(params, chunk, step="three_pass"):
@@ -88,7 +97,7 @@ def _assert_close(got, want, what):
 def test_grad_cache_is_exact_under_zero0_zero2_and_zero3(params, tmp_path):
     train_pairs(params)
     out = tmp_path / "rank0.pt"
-    spawn(_worker, (free_port(), params, str(out)), nprocs=2)
+    spawn(_worker, (free_port(), params, str(out)), nprocs=2, timeout=DEADLINE)
     r = torch.load(out, weights_only=False)
     for stage in (0, 2, 3):
         _assert_close(r[(stage, 2)], r[(stage, 0)], f"ZeRO-{stage} cached vs uncached")
@@ -127,7 +136,7 @@ def test_deepspeed_zero3_run_checkpoints_and_resumes(params, tmp_path):
     from safetensors.torch import load_file
 
     train_pairs(params)
-    spawn(_fit_worker, (free_port(), params, str(tmp_path)), nprocs=2)
+    spawn(_fit_worker, (free_port(), params, str(tmp_path)), nprocs=2, timeout=DEADLINE)
     ck = tmp_path / "resumed" / "checkpoints"
     assert sorted(p.name for p in ck.iterdir()) == ["checkpoint-0000002", "checkpoint-0000004"]
     assert (ck / "checkpoint-0000002" / "deepspeed").is_dir()  # the engine's partitions, one file per rank

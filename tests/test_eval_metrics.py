@@ -141,11 +141,47 @@ def test_mmstar_choice_parsing_and_accuracy():
     assert mmstar.parse_choice("B", opts) == "B" and mmstar.parse_choice("(C).", opts) == "C"
     assert mmstar.parse_choice("two", opts) == "B"  # the option's text when no letter is given
     assert mmstar.parse_choice("A or B", opts) is None and mmstar.parse_choice("", opts) is None
-    qs = [mmstar.ChoiceQuestion(i, q, "B", cat, "x.png") for i, cat in enumerate(["counting", "counting", "colour"])]
-    arrays, meta = mmstar.mmstar_arrays(qs, ["B", "D", "B"])
+    qs = [mmstar.ChoiceQuestion(i, q, "B", cat, "x.png") for i, cat in enumerate(["counting", "counting", "colour", "colour"])]
+    arrays, meta = mmstar.mmstar_arrays(qs, ["B", "D", "B", "a large red"])
     m = PerItem().add("mmstar", meta, **arrays)
-    assert m["mmstar_accuracy"] == pytest.approx(2 / 3)
-    assert m["mmstar_counting_accuracy"] == 0.5 and m["mmstar_colour_accuracy"] == 1.0
+    assert m["mmstar_accuracy"] == pytest.approx(2 / 4) and m["mmstar_invalid_rate"] == 0.25
+    assert m["mmstar_counting_accuracy"] == 0.5 and m["mmstar_colour_accuracy"] == 0.5
+
+
+POSITION_Q = "Where is the red circle relative to the blue cross?\nOptions: A: below, B: left, C: above, D: right"
+COUNT_Q = "How many objects are in the image?\nOptions: A: one, B: two, C: three, D: four"
+COLOUR_Q = "What colour is the circle?\nOptions: A: red, B: blue, C: green, D: white"
+# (question, reply, VLMEvalKit's choice, what a whole-word, any-punctuation parser would choose)
+VLMEVALKIT_DIFFERS = [
+    (POSITION_Q, "B because the circle is on the right", "D", "B"),  # letter not among the last 4 tokens: text
+    (POSITION_Q, "B?", None, "B"),  # "?" is not among the stripped characters
+    (POSITION_Q, "'C'", None, "C"),
+    (COUNT_Q, "none", "A", None),  # option texts match as substrings: "one" in "none"
+    (COLOUR_Q, "the shape at the top left of the image is red", None, "A"),  # longer than 2x the option texts
+    (COUNT_Q, "I think it is B and the answer is C", "C", None),  # two letters, then "answer is C"
+]
+
+
+@pytest.mark.parametrize(("question", "reply", "official", "looser"), VLMEVALKIT_DIFFERS)
+def test_mmstar_parsing_is_vlmevalkits_can_infer(question, reply, official, looser):
+    import re
+
+    opts = mmstar.options(question)
+    tokens = re.sub(r"[^\w\s]", " ", reply).split()
+    letters = {t for t in tokens if t in opts}
+    words = re.sub(r"[^\w\s]", " ", reply.lower()).split()
+    text = " " + " ".join(words) + " "
+    named = [k for k, v in opts.items() if f" {v} " in text]
+    assert looser == (letters.pop() if len(letters) == 1 else named[0] if len(named) == 1 else None)
+    assert mmstar.parse_choice(reply, opts) == official != looser
+
+
+def test_mmstar_refusals_and_z_are_no_choice():
+    opts = mmstar.options(COUNT_Q)
+    assert mmstar.option_letter("Cannot determine the answer from this", opts) == "Z"
+    assert mmstar.option_letter("Z", opts) == "Z" and mmstar.parse_choice("Z", opts) is None
+    assert mmstar.parse_choice("The correct answer is **D**. Here is why: the image holds four shapes", opts) == "D"
+    assert mmstar.parse_choice("B.", opts) == "B" and mmstar.parse_choice("(C) three", opts) == "C"
 
 
 def test_mmstar_rejects_an_answer_that_is_not_an_option(tmp_path):
@@ -175,3 +211,19 @@ def test_per_item_round_trip(tmp_path):
     back = PerItem.load(tmp_path / "per_item.npz")
     assert back.metrics() == items.metrics()
     assert back.metrics()["object_precision"] == 0.75 and back.metrics()["object_recall"] == 0.75
+
+
+def test_retrieval_seen_unseen_split_resamples_ranks_with_their_flags():
+    from cafe.evaluation.bootstrap import bootstrap_samples
+
+    # queries with a seen caption text all hit, the others all miss: every resample must keep that
+    t2i_rank, t2i_seen = np.array([0, 0, 0, 5, 5, 5, 5, 5]), np.array([1, 1, 1, 0, 0, 0, 0, 0])
+    items = PerItem()
+    m = items.add("retrieval", {"ks": [1]}, i2t_rank=np.array([0, 3]), i2t_seen=np.array([1, 0]),
+                  t2i_rank=t2i_rank, t2i_seen=t2i_seen)
+    assert m["t2i_R@1"] == 3 / 8 and m["t2i_R@1_seen_text"] == 1.0 and m["t2i_R@1_unseen_text"] == 0.0
+    assert m["i2t_R@1_seen_text"] == 1.0 and m["i2t_R@1_unseen_text"] == 0.0
+    samples, _ = bootstrap_samples(items, resamples=200)
+    seen = samples["t2i_R@1_seen_text"]
+    assert np.all(seen[np.isfinite(seen)] == 1.0) and np.all(samples["t2i_R@1_unseen_text"][np.isfinite(samples["t2i_R@1_unseen_text"])] == 0.0)
+    assert samples["t2i_R@1"].std() > 0

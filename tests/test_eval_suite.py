@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cafe.evaluation.cache import EmbeddingCache, model_fingerprint
-from cafe.evaluation.evaluate import METRIC_KEYS, evaluate
+from cafe.evaluation.evaluate import METRIC_KEYS, REPLY_FIELDS, evaluate
 from cafe.evaluation.per_item import PerItem
 
 
@@ -62,7 +62,21 @@ def test_every_part_writes_its_metrics(adapter, params, small_eval, tmp_path):
     details = json.loads((tmp_path / "all" / "details.json").read_text())
     assert details["counts"]["pope"] == 6 and details["counts"]["mmstar"] == 3
     lines = (tmp_path / "all" / "descriptions.jsonl").read_text().splitlines()
-    assert len(lines) == 3 and "THRONE class-wise" in (tmp_path / "all" / "report.md").read_text()
+    report = (tmp_path / "all" / "report.md").read_text()
+    assert len(lines) == 3 and "THRONE class-wise" in report and "Replies that are no answer" in report
+    for key in ("pope_invalid_rate", "mmstar_invalid_rate", "caption_empty_rate", "throne_empty_rate",
+                "t2i_R@1_seen_text", "t2i_R@1_unseen_text"):
+        assert 0.0 <= metrics[key] <= 1.0 or np.isnan(metrics[key]), key
+    # every reply of every generative part, with what its parser read
+    replies = [json.loads(line) for line in (tmp_path / "all" / "replies.jsonl").read_text().splitlines()]
+    assert [sum(r["part"] == p for r in replies) for p in ("captions", "pope", "throne", "mmstar")] == [4, 6, 3, 3]
+    assert all(list(r) == list(REPLY_FIELDS) for r in replies)
+    pope_rows = [r for r in replies if r["part"] == "pope"]
+    assert {r["parsed"] for r in pope_rows} <= {"yes", "no", "other"}
+    assert metrics["pope_invalid_rate"] == pytest.approx(sum(r["parsed"] == "other" for r in pope_rows) / 6)
+    mm = [r for r in replies if r["part"] == "mmstar"]
+    assert metrics["mmstar_accuracy"] == pytest.approx(sum(r["correct"] for r in mm) / 3)
+    assert metrics["mmstar_invalid_rate"] == pytest.approx(sum(r["parsed"] is None for r in mm) / 3)
 
 
 def test_evaluate_writes_metrics_per_item_report_and_reuses_embeddings(adapter, params, small_eval, tmp_path):
@@ -102,3 +116,21 @@ def test_prompt_ranking_scores_every_candidate(adapter, params):
     for r in rows:
         assert 0 < r["entropy_image"] <= np.log(vocab) + 1e-4 and 0 < r["entropy_text"] <= np.log(vocab) + 1e-4
     assert sorted(r["entropy_rank"] for r in rows) == [1, 2]
+
+
+def test_report_shows_the_invalid_answer_rates_and_which_metrics_are_lower_is_better(tmp_path):
+    from cafe.evaluation.report import write_report
+
+    runs = {}
+    for name, invalid in (("base", 0.0), ("cafe", 1.0)):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "metrics.json").write_text(json.dumps({"mmstar_accuracy": 0.25, "mmstar_invalid_rate": invalid,
+                                                         "pope_invalid_rate": invalid / 2, "i2t_R@1": 0.5}))
+        runs[name] = folder
+    md, _ = write_report(runs, tmp_path / "cafe")
+    text = md.read_text()
+    section = text.split("## Replies that are no answer")[1].split("## Metrics")[0]
+    assert "| MMStar-format | mmstar_invalid_rate |" in section and "| 0.000 | 1.000 |" in section
+    assert "| POPE | pope_invalid_rate |" in section and "caption_empty_rate" not in section
+    assert "Lower is better for mmstar_invalid_rate, pope_invalid_rate;" in text

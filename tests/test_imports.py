@@ -192,7 +192,8 @@ def find_cycles(root: Path, packages: tuple[str, ...] = PACKAGES) -> list[str]:
     for component in _components(graph):
         cycle = _cycle_in(component, graph)
         chain = " -> ".join(f"{e.target} ({e.file}:{e.line})" for e in cycle)
-        extra = f" [{len(component)} modules in this cycle: {', '.join(component)}]" if len(component) > len(cycle) else ""
+        extra = (f" [{len(component)} modules in this cycle: {', '.join(component)}]"
+                 if len(component) > len(cycle) else "")
         lines.append(f"{component[0]} -> {chain}{extra}")
     return sorted(lines)
 

@@ -168,8 +168,8 @@ def test_generated_jobs_are_current(build, path):
     assert crd_errors(doc) == []
 
 
-def test_readme_shows_what_the_command_prints():
-    """README 'Running on a real cluster': the shown command, run now, prints exactly the YAML shown."""
+def test_docs_show_what_the_command_prints():
+    """docs/cluster.md 'Running on a real cluster': the shown command, run now, prints exactly the YAML shown."""
     import shlex
     import textwrap
 
@@ -177,13 +177,13 @@ def test_readme_shows_what_the_command_prints():
 
     from cafe.cli import app
 
-    text = (ROOT / "README.md").read_text().split("## Running on a real cluster", 1)[1]
+    text = (ROOT / "docs" / "cluster.md").read_text().split("# Running on a real cluster", 1)[1]
     command = re.search(r"```bash\n\s*(cafe launch [^\n]*)\n\s*```", text)[1]
     shown = textwrap.dedent(re.search(r"```yaml\n(.*?)\n\s*```", text, re.S)[1]) + "\n"
     result = CliRunner().invoke(app, shlex.split(command)[1:])
     assert result.exit_code == 0, result.output
     printed = result.stdout
-    assert printed == shown, "README job listing is out of date: re-run the command and paste its output"
+    assert printed == shown, "docs/cluster.md job listing is out of date: re-run the command and paste its output"
     doc = yaml.safe_load(shown)
     assert crd_errors(doc) == []
     spec = doc["spec"]

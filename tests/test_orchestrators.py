@@ -17,7 +17,7 @@ from tiny_project import cafe, project, run
 pytestmark = pytest.mark.slow
 
 LINEAGE = ("data_version", "code_version", "parent")
-EXPECTED = {"MODEL_CARD.md", "metrics.json", "per_item.npz", "gate.json", "params.yaml", "monitor/reference.json",
+EXPECTED = {"README.md", "metrics.json", "per_item.npz", "gate.json", "params.yaml", "monitor/reference.json",
             "monitor/reference.npz", "config.json"}
 
 

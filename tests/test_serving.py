@@ -119,7 +119,8 @@ def test_serve_endpoints_traffic_log_and_feedback(world, params, model_dir, tmp_
     assert len(labelled) == 1 and labelled[0]["query"] == "a large red circle." and labelled[0]["chosen"] == "ret000001.png"
     image_rec = next(r for r in window.records if r["kind"] == "image")
     assert (tmp_path / "traffic" / image_rec["query"]["image_key"]).is_file()
-    assert list((tmp_path / "idx" / "local-model").glob("*/index.json"))
+    (index_json,) = (tmp_path / "idx").glob("w-*/*/index.json")  # keyed by the weights, labelled with the version
+    assert json.loads(index_json.read_text())["model"] == "local-model"
 
 
 def test_promotion_marks_reindex_and_cafe_index_recomputes(world, params, model_dir, tmp_path, monkeypatch):
@@ -127,8 +128,11 @@ def test_promotion_marks_reindex_and_cafe_index_recomputes(world, params, model_
     from cafe.serving.index import gallery_items, reindex_status
 
     reg = Registry(tmp_path / "registry")
-    for _ in range(2):
-        reg.register(model_dir, "cafe", metrics={}, gate={"passed": True}, data_version="d0")
+    retrained = tmp_path / "retrained"
+    make_adapter(params, seed=1).save_pretrained(retrained)
+    for folder in (model_dir, retrained):
+        reg.register(folder, "cafe", metrics={}, gate={"passed": True}, data_version="d0")
+    reg.register(model_dir, "cafe", metrics={}, gate={"passed": True}, data_version="d0")  # v3: v1's weights again
     gallery = world / "eval" / "retrieval_karpathy.json"
     items = gallery_items(gallery)
     assert reg.promote("cafe", 1, "production")["reindex_required"]
@@ -148,6 +152,8 @@ def test_promotion_marks_reindex_and_cafe_index_recomputes(world, params, model_
     status = reindex_status(reg, "cafe", "production", tmp_path / "idx", items)
     assert status["pending"] and status["version"] == 2 and status["stale_version"] == 1
     assert reg.alias_history("cafe", "production")[-1]["reindex_required"] is True
+    reg.promote("cafe", 3, "production")  # the index is keyed by the weights: v1's serves v3
+    assert not reindex_status(reg, "cafe", "production", tmp_path / "idx", items)["pending"]
 
 
 def test_reference_is_stored_with_the_registered_version(world, params, model_dir, tmp_path):

@@ -193,6 +193,11 @@ EVAL_DIGESTS = {
     "sugarcrepe/swap_att.json": "4a89ec26cbc53300",
     "throne/annotations.json": "65e3b3a7d31bbacb",
     "throne/vocabulary.json": "53acc34cb53e261b",
+    "mmeb/ShapesComposition.jsonl": "9d757a28ba299931",  # the same sets as MMEB tasks (cafe/data/mmeb.py)
+    "mmeb/ShapesI2T.jsonl": "4350d8f360e4cab3",
+    "mmeb/ShapesT2I.jsonl": "ca7e5d5670bdc7b4",
+    "mmeb/ShapesVQA.jsonl": "927f7b56ece4c2b6",
+    "mmeb/meta.json": "543822e975d71dab",
 }
 
 

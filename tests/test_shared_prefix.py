@@ -53,7 +53,7 @@ def _compare(adapter, batch, cfg) -> None:
         assert error <= 1e-5 * scale + 1e-5, f"{name}: gradient error {error:.1e} (norm {scale:.1e})"
 
 
-@pytest.mark.parametrize("family", ["llava_onevision", "llava"])
+@pytest.mark.parametrize("family", ["llava_onevision", "llava", "qwen2_vl"])
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_equal_to_three_pass(params, side, family):
     params.model.embed_padding_side, params.model.family = side, family
@@ -112,8 +112,40 @@ def test_a_leaking_mask_is_caught(params, monkeypatch):
     assert (bad - reference).abs().max() > 1e-3
 
 
-def test_family_without_1d_positions_falls_back(params, caplog):
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_qwen2_vl_images_of_different_sizes(params, side):
+    """Dynamic resolution: each row has its own image grid, so its own M-RoPE positions and prefix length."""
+    params.model.embed_padding_side, params.model.family = side, "qwen2_vl"
+    adapter = make_adapter(params)
+    batch = _batch(params, 4)
+    size = params.synth.image_size
+    batch["images"] = [image.resize(shape) for image, shape in
+                       zip(batch["images"], [(size, size), (size, size // 2), (size // 2, size), (size // 2, size // 2)])]
+    packed = shared_prefix.pack(adapter, batch["images"], batch["prompts"], batch["answers"])
+    assert packed["position_ids"].shape[0] == 3  # (time, height, width)
+    assert len({tuple(g.tolist()) for g in packed["pixels"]["image_grid_thw"]}) == 4  # wide and tall differ too
+    _compare(adapter, batch, params.train)
+
+
+def test_qwen2_vl_needs_its_3d_positions(params):
+    """Negative control: the same packed row with plain 1-D positions gives other embeddings."""
     params.model.family = "qwen2_vl"
+    adapter = make_adapter(params)
+    batch = _batch(params, 2)
+    packed = shared_prefix.pack(adapter, batch["images"], batch["prompts"], batch["answers"])
+    with torch.no_grad():
+        _, good = shared_prefix.packed_forward(adapter, packed)
+        reference = adapter.embed(adapter.image_embed_inputs(batch["images"]))
+        length = packed["input_ids"].shape[1]
+        flat = dict(packed, position_ids=torch.arange(length).expand(len(batch["images"]), -1))
+        _, bad = shared_prefix.packed_forward(adapter, flat)
+    torch.testing.assert_close(good, reference, rtol=1e-5, atol=1e-5)
+    assert (bad - reference).abs().max() > 1e-3
+
+
+def test_family_not_packable_falls_back(params, caplog, monkeypatch):
+    params.model.family = "qwen2_vl"
+    monkeypatch.setattr(shared_prefix, "PACKABLE", ("llava_onevision", "llava"))
     adapter = make_adapter(params)
     batch = _batch(params, 2)
     params.train.step = "three_pass"

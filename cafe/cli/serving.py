@@ -20,8 +20,9 @@ monitor_app = typer.Typer(add_completion=False, help="Drift monitor: a traffic w
 def serve(model: Optional[str] = ModelOpt, host: Optional[str] = typer.Option(None, help="default: serve.host"),
           port: Optional[int] = typer.Option(None, help="default: serve.port"),
           params: str = ParamsOpt, set: Optional[list[str]] = SetOpt) -> None:
-    """The model behind KServe's V1/V2 endpoints (<name> for embeddings + search, <name>-generate), with
-    POST /v1/feedback; every answer goes to the traffic log with the model version."""
+    """The model behind KServe's V1/V2 endpoints (<name> for embeddings + search, <name>-generate), POST
+    /v1/feedback and the OpenAI-compatible /v1/embeddings, /v1/chat/completions, /v1/models; every answer goes
+    to the traffic log with the model version."""
     from cafe.stages.serve import serve as run, service
 
     quiet_libraries()

@@ -4,7 +4,10 @@ The instruction is dropped and the answer kept as the long caption; the short ca
 ``repurpose.short_caption``. Every input record ends in exactly one place: a train/val shard, the
 duplicates count, the filtered count (kind not kept, sampled out by weight or count), or
 ``quarantine.jsonl`` with a reason code; ``stats.json`` shows ``input == kept + duplicates + filtered +
-quarantined``.
+quarantined``. No single record stops the stage: every per-record failure, foreseen or not, is a quarantine
+line (``unexpected`` names the exception); a damaged part of a file quarantines the records it held. The
+output folder is written under a temporary name, removed if the stage fails, and refused up front if it
+equals, contains or lies inside an input file or image root (it is replaced wholesale).
 
 Reading, filtering, deduplication and writing run in this process, in input order; the caption and image
 rules run on ``workers`` processes over batches of records, at most a few batches in flight, and come back
@@ -32,7 +35,7 @@ from cafe.config import ImageRulesConfig, RepurposeConfig, ShortCaptionConfig
 from cafe.data.captions import clean_answer, short_caption, usable
 from cafe.data.images import ImageRejected, clean_image
 from cafe.data.shards import DATA_VERSION, ShardWriter, write_data_version
-from cafe.data.sources import InputError, Item, Record, Rejected, load_sources, read_source
+from cafe.data.sources import InputError, Item, Record, Rejected, load_sources, read_source, source_files
 
 BATCH = 64
 REASONS = {
@@ -49,6 +52,12 @@ REASONS = {
     "image_bomb": "more pixels in the header than images.max_pixels (decompression bomb)",
     "image_too_large": "larger than images.max_side or images.max_file_bytes",
     "image_too_small": "smaller than images.min_side",
+    "bad_encoding": "text that does not decode in the file's encoding, or a lone surrogate escape",
+    "corrupt_row_group": "a Parquet row group that cannot be read (each of its rows, with its row number)",
+    "corrupt_row": "a Parquet row that cannot be converted",
+    "unreadable_rest": "the rest of a file after a read error (one line for what could not be read)",
+    "caption_too_long": "a long caption of more than repurpose.max_caption_chars characters",
+    "unexpected": "anything unforeseen: the message names the exception",
 }
 
 
@@ -61,6 +70,7 @@ class Rules:
     short: ShortCaptionConfig
     images: ImageRulesConfig
     phash: bool
+    max_caption_chars: int = 4000
 
 
 @dataclass
@@ -71,10 +81,16 @@ class Kept:
 
 
 def process(item: Record, rules: Rules) -> Kept | Rejected:
-    """The caption and image rules for one record (runs on a worker)."""
+    """The caption and image rules for one record (runs on a worker); never raises."""
     if isinstance(item, Rejected):
         return item
+    try:
+        return _process(item, rules)
+    except Exception as err:  # noqa: BLE001 - the catch-all reason, naming the exception
+        return Rejected(item.source, item.location, "unexpected", f"{type(err).__name__}: {str(err)[:200]}", item.id)
 
+
+def _process(item: Item, rules: Rules) -> Kept | Rejected:
     def reject(reason: str, message: str) -> Rejected:
         return Rejected(item.source, item.location, reason, message, item.id)
 
@@ -83,6 +99,9 @@ def process(item: Record, rules: Rules) -> Kept | Rejected:
     long = clean_answer(item.answer)
     if not usable(long):
         return reject("empty_answer", f"answer {item.answer[:80]!r} is empty after removing <image> and chat debris")
+    if len(long) > rules.max_caption_chars:
+        return reject("caption_too_long", f"the long caption has {len(long)} characters; "
+                                          f"repurpose.max_caption_chars = {rules.max_caption_chars}")
     try:
         img = clean_image(rules.images, data=item.image_bytes, root=item.image_root, relative=item.image_path)
     except ImageRejected as err:
@@ -155,7 +174,7 @@ def _selected(cfg: RepurposeConfig, counts: _Counts) -> Iterator[Record]:
     for source in load_sources(cfg):
         taken = 0
         per = counts.source(source.name)
-        for rec in read_source(source):
+        for rec in read_source(source, on_error=_unreadable_rest):
             counts.input["records"] += 1
             per["input"] += 1
             if isinstance(rec, Item):
@@ -172,6 +191,36 @@ def _selected(cfg: RepurposeConfig, counts: _Counts) -> Iterator[Record]:
                     continue
                 taken += 1
             yield rec
+
+
+def _unreadable_rest(source: str, path: Path, err: Exception) -> Rejected:
+    return Rejected(source, str(path), "unreadable_rest", f"reading stopped here: {type(err).__name__}: "
+                                                          f"{str(err)[:200]}; the records before were read")
+
+
+def check_output(cfg: RepurposeConfig) -> None:
+    """Refuse an output folder (or its temporary sibling) that equals, contains or lies inside an input file or
+    image root: the stage deletes and replaces it, inputs included. Checked before anything is written."""
+    out = Path(cfg.out).resolve()
+    if out.exists() and not out.is_dir():
+        raise RepurposeError(f"repurpose.out {cfg.out} is a file; the output is a folder")
+    outputs = (out, out.with_name(f".{out.name}.tmp"))
+    try:
+        sources = load_sources(cfg)
+        inputs = [(f"input {p}", p) for s in sources for p in source_files(s)]
+    except InputError as err:
+        raise RepurposeError(f"input unreadable: {err}") from None
+    inputs += [(f"image root {s.image_root}", Path(s.image_root)) for s in sources if s.image_root]
+    if cfg.mixture:
+        inputs.append((f"mixture {cfg.mixture}", Path(cfg.mixture)))
+    for what, path in inputs:
+        real = path.resolve()
+        for o in outputs:
+            relation = ("equals" if o == real else "contains" if real.is_relative_to(o)
+                        else "lies inside" if o.is_relative_to(real) else None)
+            if relation:
+                raise RepurposeError(f"repurpose.out {cfg.out} ({o}) {relation} the {what}: the stage replaces its "
+                                     "output folder, so it must be outside every input; choose another folder")
 
 
 class _NearDuplicates:
@@ -203,16 +252,24 @@ def repurpose(cfg: RepurposeConfig, console=None) -> dict:
     ``cfg.max_quarantine_share``, and :class:`RepurposeError` at once when the input cannot be read."""
     start = time.perf_counter()
     workers = cfg.workers or os.cpu_count() or 1
+    check_output(cfg)
     out = Path(cfg.out)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    try:
+        return _run(cfg, out, tmp, workers, start)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # on success it was renamed to ``out``; on failure nothing stays
+
+
+def _run(cfg: RepurposeConfig, out: Path, tmp: Path, workers: int, start: float) -> dict:
     writers = {split: ShardWriter(tmp / split, cfg.records_per_shard, cfg.max_shard_bytes, cfg.row_group_rows)
                for split in ("train", "val")}
     counts = _Counts()
     exact: set[int] = set()
     near = _NearDuplicates(cfg.near_duplicate_distance) if cfg.near_duplicates else None
-    rules = Rules(cfg.short_caption, cfg.images, cfg.near_duplicates)
+    rules = Rules(cfg.short_caption, cfg.images, cfg.near_duplicates, cfg.max_caption_chars)
     bar = tqdm(desc="repurpose", unit=" rec", disable=not cfg.progress, dynamic_ncols=True, mininterval=0.5)
     try:
         with (tmp / "quarantine.jsonl").open("w") as quarantine:
@@ -223,7 +280,6 @@ def repurpose(cfg: RepurposeConfig, console=None) -> dict:
                     _collect(result, counts, exact, near, writers, quarantine, cfg.val_fraction)
                 bar.update(counts.input["records"] - bar.n)
     except InputError as err:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise RepurposeError(f"input unreadable: {err}") from None
     finally:
         bar.close()

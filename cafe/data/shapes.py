@@ -34,6 +34,7 @@ from typing import Callable
 from PIL import Image, ImageDraw
 
 from cafe.config import SynthConfig
+from cafe.data.mmeb import write_mmeb
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -401,6 +402,7 @@ def write_held_out(cfg: SynthConfig, folder: Path, world: str, seed: int) -> dic
                 qid += 1
     _write_jsonl(folder / "pope.jsonl", pope_lines)
     suite = write_eval_suite(folder, retrieval, probes, pope_lines, random.Random(f"{seed}:suite"))
+    suite.update(write_mmeb(folder, random.Random(f"{seed}:mmeb")))  # the same sets as MMEB tasks
     return {"retrieval_images": len(retrieval), "retrieval_captions": 5 * len(retrieval),
             "probe_questions": len(pope_lines), **suite}
 

@@ -15,10 +15,18 @@ import numpy as np
 from cafe.evaluation.per_item import GROUPS, PerItem
 
 
-def _draw(arrays: dict[str, np.ndarray], independent: bool, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Row indices for one resample: one draw shared by all arrays, or one per array."""
-    if independent:
-        return {k: rng.integers(0, len(v), len(v)) for k, v in arrays.items()}
+def _draw(arrays: dict[str, np.ndarray], group: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Row indices for one resample: one draw shared by all arrays, or (independent groups) one per array
+    or set of arrays that share rows."""
+    spec = GROUPS[group]
+    if spec.independent:
+        idx: dict[str, np.ndarray] = {}
+        for k, v in arrays.items():
+            if k not in idx:
+                draw = rng.integers(0, len(v), len(v))
+                for member in next((s for s in spec.rows if k in s), (k,)):
+                    idx[member] = draw
+        return {k: idx[k] for k in arrays}
     n = len(next(iter(arrays.values())))
     idx = rng.integers(0, n, n)
     return {k: idx for k in arrays}
@@ -39,11 +47,10 @@ def bootstrap_samples(per_item: PerItem, resamples: int = 1000, seed: int = 0, r
         rng = np.random.default_rng([seed, g])
         ref_arrays = reference.groups.get(group) if reference is not None else None
         paired = ref_arrays is not None and _same_rows(arrays, ref_arrays)
-        independent = GROUPS[group].independent
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             for _ in range(n_res):
-                idx = _draw(arrays, independent, rng)
+                idx = _draw(arrays, group, rng)
                 for key, v in per_item.group_metrics(group, {k: a[idx[k]] for k, a in arrays.items()}).items():
                     values.setdefault(key, []).append(v)
                 if paired:

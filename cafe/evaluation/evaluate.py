@@ -7,6 +7,8 @@ gap, effective rank, explained variance, 2-D scatter). Writes, under the output 
 - ``metrics.json``: one number per key (keys documented in :mod:`cafe.evaluation.per_item`);
 - ``per_item.npz``: the per-item results every metric is computed from (the gate's bootstrap reads them);
 - ``details.json``: THRONE class-wise numbers, item counts, timings, embedding-cache hits;
+- ``replies.jsonl``: every reply of every generative part (captions, POPE, THRONE, MMStar), one line each:
+  ``{"id", "part", "image", "prompt", "reply", "parsed", "correct"}`` (:data:`REPLY_FIELDS`);
 - ``generations.jsonl`` (brief captions), ``descriptions.jsonl`` (THRONE), ``plots/*.png``;
 - ``report.md`` and ``report.html`` (self-contained) when ``evaluate.report`` is on.
 
@@ -27,8 +29,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from cafe.config import EvalConfig, PromptConfig
+from cafe.data.mmeb import FOLDER as mmeb_folder
 from cafe.data.shapes import COLOURS, SHAPES
-from cafe.evaluation import geometry, mmstar, pope, sugarcrepe, throne
+from cafe.evaluation import geometry, mmeb, mmstar, pope, sugarcrepe, throne
 from cafe.evaluation.cache import EmbeddingCache, files_fingerprint, model_fingerprint, texts_fingerprint
 from cafe.evaluation.generation import parse_objects
 from cafe.evaluation.per_item import PerItem, explained_variance, throne_classwise
@@ -39,6 +42,9 @@ from cafe.models.adapter import VLMAdapter
 METRIC_KEYS = ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10",
                "object_precision", "object_recall", "object_f1", "probe_accuracy", "probe_f1", "probe_yes_ratio",
                "modality_gap")
+# one line of replies.jsonl; "parsed" is what the part's parser read (objects named, yes/no/other, the
+# option letter or null), "correct" whether it is right
+REPLY_FIELDS = ("id", "part", "image", "prompt", "reply", "parsed", "correct")
 
 
 def _load_images(paths: Sequence[str | Path]) -> list[Image.Image]:
@@ -66,6 +72,7 @@ class Evaluator:
         self.per_item = PerItem()
         self.details: dict = {"counts": {}, "seconds": {}}
         self.outputs: dict[str, list[dict]] = {}
+        self.replies: list[dict] = []
         self.embeddings: dict[str, torch.Tensor] = {}
         self._image_memo: dict[str, torch.Tensor] = {}
 
@@ -107,6 +114,15 @@ class Evaluator:
     def limit(self, part: str) -> int | None:
         return self.cfg.max_items.get(part) or None
 
+    def _replies(self, part: str, ids, images, prompts, replies, parsed, correct) -> None:
+        self.replies += [dict(zip(REPLY_FIELDS, (i, part, Path(str(im)).name, p, r, a, bool(c))))
+                         for i, im, p, r, a, c in zip(ids, images, prompts, replies, parsed, correct)]
+
+    def seen_texts(self) -> set[str] | None:
+        """Caption texts of this world that are also training replies (``overlap.json`` of `cafe synth`)."""
+        path = self.data / "overlap.json"
+        return set(json.loads(path.read_text()).get("seen_caption_texts", [])) if path.is_file() else None
+
     # ------------------------------------------------------------------ parts
     def retrieval(self) -> None:
         image_paths, captions, owner = load_karpathy(self.data / "retrieval_karpathy.json")
@@ -117,7 +133,13 @@ class Evaluator:
         image_emb = self.embed_images(image_paths, "retrieval")
         text_emb = self.embed_texts(captions, "retrieval")
         i2t, t2i = retrieval_ranks(image_emb, text_emb, owner, self.cfg.similarity_chunk)
-        self.per_item.add("retrieval", {"ks": list(self.cfg.recall_ks)}, i2t_rank=i2t.numpy(), t2i_rank=t2i.numpy())
+        arrays = {"i2t_rank": i2t.numpy(), "t2i_rank": t2i.numpy()}
+        seen = self.seen_texts()
+        if seen is not None:
+            arrays["t2i_seen"] = np.array([c in seen for c in captions], dtype=np.int8)
+            arrays["i2t_seen"] = np.zeros(len(image_paths), dtype=np.int8)
+            np.maximum.at(arrays["i2t_seen"], owner, arrays["t2i_seen"])
+        self.per_item.add("retrieval", {"ks": list(self.cfg.recall_ks)}, **arrays)
         self.embeddings.update(image=image_emb, text=text_emb)
         self.details["counts"]["retrieval"] = {"images": len(image_paths), "captions": len(captions)}
 
@@ -147,7 +169,11 @@ class Evaluator:
         truth = [{(o["colour"], o["shape"]) for o in annotations[Path(p).name]} for p in image_paths]
         predicted = [parse_objects(text, COLOURS, SHAPES) for text in generated]
         self.per_item.add("captions", tp=[len(p & t) for p, t in zip(predicted, truth)],
-                          n_pred=[len(p) for p in predicted], n_true=[len(t) for t in truth])
+                          n_pred=[len(p) for p in predicted], n_true=[len(t) for t in truth],
+                          empty=np.array([not text.strip() for text in generated], dtype=np.int8))
+        names = [Path(p).name for p in image_paths]
+        self._replies("captions", names, names, [self.prompts.caption] * len(names), generated,
+                      [sorted(map(" ".join, p)) for p in predicted], [p == t for p, t in zip(predicted, truth)])
         self.outputs["generations.jsonl"] = [
             {"image": Path(p).name, "caption": text, "objects": sorted(map(" ".join, objs))}
             for p, text, objs in zip(image_paths, generated, truth)]
@@ -163,6 +189,10 @@ class Evaluator:
                                 self.cfg.choice_max_new_tokens, "POPE")
         arrays, meta = pope.pope_arrays(questions, answers)
         self.per_item.add("pope", meta, **arrays)
+        kinds = [pope.answer_kind(a) for a in answers]
+        self._replies("pope", [q.question_id for q in questions], [q.image for q in questions],
+                      [q.text for q in questions], answers, kinds,
+                      [pope.parse_answer(a) == q.label for a, q in zip(answers, questions)])
         self.details["counts"]["pope"] = len(questions)
 
     def throne(self) -> None:
@@ -173,7 +203,12 @@ class Evaluator:
                               [self.cfg.detail_prompt] * len(records), self.cfg.detail_max_new_tokens,
                               "THRONE descriptions")
         arrays, meta = throne.throne_arrays(texts, [r["objects"] for r in records], vocab)
+        arrays["empty"] = np.array([not t.strip() for t in texts], dtype=np.int8)
         self.per_item.add("throne", meta, **arrays)
+        named = [sorted(vocab.classes[c] for c in vocab.find(t)) for t in texts]
+        self._replies("throne", [r["image"] for r in records], [r["image"] for r in records],
+                      [self.cfg.detail_prompt] * len(records), texts, named,
+                      [n == sorted(set(r["objects"])) for n, r in zip(named, records)])
         self.details["throne_classes"] = throne_classwise(arrays, meta["classes"])
         self.outputs["descriptions.jsonl"] = [{"image": r["image"], "description": t, "objects": r["objects"]}
                                               for r, t in zip(records, texts)]
@@ -196,13 +231,27 @@ class Evaluator:
         replies = self.generate(images, [q.question for q in questions], self.cfg.choice_max_new_tokens, "MMStar")
         arrays, meta = mmstar.mmstar_arrays(questions, replies)
         self.per_item.add("mmstar", meta, **arrays)
+        self._replies("mmstar", [q.index for q in questions],
+                      [q.image if len(q.image) < 512 else "<base64>" for q in questions],
+                      [q.question for q in questions], replies,
+                      [mmstar.parse_choice(r, mmstar.options(q.question)) for q, r in zip(questions, replies)],
+                      arrays["correct"])
         self.details["counts"]["mmstar"] = len(questions)
+
+    def mmeb(self) -> None:
+        root, tasks = mmeb.load_tasks(self.data / mmeb_folder)
+        arrays, meta = mmeb.mmeb_arrays(root, tasks, lambda p: self.embed_images(p, "MMEB"),
+                                        lambda t: self.embed_texts(t, "MMEB"),
+                                        lambda p, t: self.adapter.encode_image_texts(_load_images(p), t),
+                                        self.limit("mmeb"))
+        self.per_item.add("mmeb", meta, **arrays)
+        self.details["counts"]["mmeb"] = {name: len(records) for name, records in tasks.items()}
 
     # ------------------------------------------------------------------ driver
     def run(self) -> dict[str, float]:
         self.adapter.model.eval()
         self.plots: dict[str, bytes] = {}
-        order = [p for p in ("retrieval", "geometry", "captions", "pope", "throne", "sugarcrepe", "mmstar")
+        order = [p for p in ("retrieval", "geometry", "captions", "pope", "throne", "sugarcrepe", "mmstar", "mmeb")
                  if p in self.cfg.parts]
         for part in tqdm(order, desc="evaluate", leave=False):
             start = time.perf_counter()
@@ -219,7 +268,7 @@ class Evaluator:
         _atomic_text(out / "metrics.json", json.dumps(metrics, indent=1))
         self.per_item.save(out / "per_item.npz")
         _atomic_text(out / "details.json", json.dumps(self.details, indent=1))
-        for name, rows in self.outputs.items():
+        for name, rows in {**self.outputs, "replies.jsonl": self.replies}.items():
             _atomic_text(out / name, "".join(json.dumps(r) + "\n" for r in rows))
         for name, png in self.plots.items():
             (out / "plots" / name).write_bytes(png)

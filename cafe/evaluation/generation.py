@@ -2,7 +2,8 @@
 
 Object matching uses a vocabulary of attribute words and object words (the shapes world's colours and
 shapes by default): an object is a (colour, shape) pair named in the text. Yes/no answers are parsed the
-way POPE's evaluation does: the first sentence, "no"/"not" anywhere means no, otherwise yes.
+way POPE's evaluate.py does (:func:`cafe.evaluation.pope.parse_answer`: first sentence, commas removed, split
+on spaces, case-sensitive "No"/"not"/"no" means no, otherwise yes).
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ A file of JSON lines, one question each: ``{"index", "question", "answer", "cate
 "image"}``. The question ends with its options as MMStar writes them
 (``"...?\\nOptions: A: one, B: two, C: three, D: four"``), the answer is a letter, and ``image`` is a file
 name under the image folder (or, as in MMStar's TSV, a base64-encoded image). Answers are matched the way
-VLMEvalKit matches them: exactly one option letter in the reply, or else exactly one option's text.
+VLMEvalKit matches them without a judge model (:func:`parse_choice`); a reply that names no option is
+wrong and counts towards ``mmstar_invalid_rate``.
 """
 
 from __future__ import annotations
@@ -42,15 +43,46 @@ def options(question: str) -> dict[str, str]:
     return {letter: text.strip() for letter, text in _OPTION.findall(m.group(1).strip())}
 
 
-def parse_choice(reply: str, opts: dict[str, str]) -> str | None:
-    """The option letter a reply chooses, or None when it names none or several."""
-    tokens = re.sub(r"[^\w\s]", " ", reply).split()
-    letters = {t for t in tokens if t in opts}
-    if len(letters) == 1:
-        return letters.pop()
-    text = " " + " ".join(re.sub(r"[^\w\s]", " ", reply.lower()).split()) + " "
-    named = [k for k, v in opts.items() if f" {v.lower()} " in text]
+# VLMEvalKit's rule-based matching (vlmeval/utils/matching_util.py, `can_infer`, as of commit e8e78f05,
+# 2026-08): its `exact_matching` policy, i.e. no judge model
+_REFUSALS = ("Sorry, I can't help with images of people yet.", "I can't process this file.",
+             "I'm sorry, but without the image provided", "Cannot determine the answer")
+_PUNCTUATION = str.maketrans({c: " " for c in ".()[],:;!*#{}"})
+_ANSWER_IS = re.compile(r"(?i)(?:correct\s+)?answer\s+is\s+\**([ABCD])\**")
+
+
+def option_letter(reply: str, opts: dict[str, str]) -> str | None:
+    """VLMEvalKit's ``can_infer_option``: the letter when exactly one option letter is a token of the reply
+    (tokens split on whitespace after ``.()[],:;!*#{}`` become spaces; case-sensitive) and it is among the
+    last four tokens, else a letter after "answer is"; "Z" for a refusal or a lone "Z"; None otherwise."""
+    if any(refusal in reply for refusal in _REFUSALS):
+        return "Z"
+    tokens = reply.translate(_PUNCTUATION).split()
+    named = [letter for letter in opts if letter in tokens]
+    if len(named) == 1:
+        if tokens.index(named[0]) > len(tokens) - 5:
+            return named[0]
+    elif not named and "Z" in tokens:
+        return "Z"
+    m = _ANSWER_IS.search(reply)
+    return m.group(1).upper() if m and m.group(1).upper() in opts else None
+
+
+def option_text(reply: str, opts: dict[str, str]) -> str | None:
+    """VLMEvalKit's ``can_infer_text``: the letter of the one option whose text occurs in the lower-cased
+    reply (as a substring), unless the reply is longer than twice the options' texts together."""
+    low = reply.lower()
+    if len(low) > 2 * sum(len(text) for text in opts.values()):
+        return None
+    named = [letter for letter, text in opts.items() if text.lower() in low]
     return named[0] if len(named) == 1 else None
+
+
+def parse_choice(reply: str, opts: dict[str, str]) -> str | None:
+    """The option letter a reply chooses, as VLMEvalKit's ``can_infer`` decides (the letter, else the
+    option's text); None when it chooses none (VLMEvalKit's "Z": wrong, and counted as invalid)."""
+    letter = option_letter(reply, opts) or option_text(reply, opts)
+    return letter if letter in opts else None
 
 
 def load_mmstar(path: str | Path) -> list[ChoiceQuestion]:
@@ -84,8 +116,11 @@ def load_image(ref: str, image_root: str | Path) -> Image.Image:
 
 
 def mmstar_arrays(questions: list[ChoiceQuestion], replies: list[str]) -> tuple[dict[str, np.ndarray], dict]:
+    """Per-item arrays for the ``mmstar`` group: correct, category index, and whether the reply chose an
+    option at all (``valid``)."""
     categories = sorted({q.category for q in questions})
-    correct = [parse_choice(r, options(q.question)) == q.answer for q, r in zip(questions, replies)]
-    return ({"correct": np.array(correct, dtype=np.int8),
-             "category": np.array([categories.index(q.category) for q in questions], dtype=np.int16)},
+    chosen = [parse_choice(r, options(q.question)) for q, r in zip(questions, replies)]
+    return ({"correct": np.array([c == q.answer for c, q in zip(chosen, questions)], dtype=np.int8),
+             "category": np.array([categories.index(q.category) for q in questions], dtype=np.int16),
+             "valid": np.array([c is not None for c in chosen], dtype=np.int8)},
             {"categories": categories})

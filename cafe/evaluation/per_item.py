@@ -7,17 +7,25 @@ same functions, so the bootstrap interval is always the interval of exactly the 
 
 Groups (arrays; metric keys):
 
-- ``retrieval`` (``i2t_rank`` per image, ``t2i_rank`` per caption, resampled independently):
-  ``i2t_R@K``, ``t2i_R@K``.
-- ``captions`` (``tp``, ``n_pred``, ``n_true`` per image): ``object_precision|recall|f1`` (micro).
-- ``pope`` (``pred`` 1 = yes, ``label``, ``split`` index per question): ``probe_accuracy|f1|yes_ratio``
-  over all questions, ``pope_<split>_<m>`` per split and ``pope_avg_<m>`` (mean over splits) for
-  m in accuracy, precision, recall, f1, yes_ratio.
-- ``throne`` (``tp``, ``fp``, ``fn`` per image x class): ``throne_precision|recall|f1|f0.5`` (overall,
-  micro) and ``throne_cls_precision|recall|f1|f0.5`` (class-wise, macro over classes).
+- ``retrieval`` (``i2t_rank`` [+ ``i2t_seen``] per image, ``t2i_rank`` [+ ``t2i_seen``] per caption,
+  images and captions resampled independently): ``i2t_R@K``, ``t2i_R@K``; with the seen flags (a caption
+  text that is also a training reply) ``i2t|t2i_R@1_seen_text`` and ``i2t|t2i_R@1_unseen_text``.
+- ``captions`` (``tp``, ``n_pred``, ``n_true``, ``empty`` per image): ``object_precision|recall|f1``
+  (micro) and ``caption_empty_rate``.
+- ``pope`` (``pred`` 1 = yes as POPE reads it, ``label``, ``split`` index, ``valid`` per question):
+  ``probe_accuracy|f1|yes_ratio`` over all questions, ``pope_<split>_<m>`` per split and ``pope_avg_<m>``
+  (mean over splits) for m in accuracy, precision, recall, f1, yes_ratio; ``pope_invalid_rate`` and
+  ``pope_<split>_invalid_rate`` (replies with neither yes nor no).
+- ``throne`` (``tp``, ``fp``, ``fn`` per image x class, ``empty`` per image): ``throne_precision|recall|f1|f0.5``
+  (overall, micro), ``throne_cls_precision|recall|f1|f0.5`` (class-wise, macro over classes) and
+  ``throne_empty_rate``.
 - ``sugarcrepe`` (``correct``, ``subset`` index per pair): ``sugarcrepe_<subset>_accuracy``,
   ``sugarcrepe_<category>_accuracy`` (replace, swap, add) and ``sugarcrepe_accuracy`` (mean of categories).
-- ``mmstar`` (``correct``, ``category`` index per question): ``mmstar_accuracy``, ``mmstar_<category>_accuracy``.
+- ``mmstar`` (``correct``, ``category`` index, ``valid`` per question): ``mmstar_accuracy``,
+  ``mmstar_<category>_accuracy`` and ``mmstar_invalid_rate`` (no option letter and no option text).
+
+Invalid-answer rates (``*_invalid_rate``, ``*_empty_rate``) are lower-is-better (:func:`lower_is_better`);
+they are absent when the per-item results predate them.
 - ``geometry`` (``image_emb``, ``text_emb`` rows, resampled independently): ``modality_gap``,
   ``image|text_effective_rank``, ``image|text_cev@10`` (cumulative explained variance of 10 components).
 """
@@ -31,6 +39,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from cafe.evaluation.mmeb import mmeb_metrics
 
 NAN = float("nan")
 
@@ -55,18 +64,32 @@ def f_beta(precision: float, recall: float, beta: float = 1.0) -> float:
 
 
 # ---------------------------------------------------------------------------- group metric functions
+def _hit_rate(rank: np.ndarray, k: int) -> float:
+    return float(np.mean(rank < k)) if len(rank) else NAN
+
+
 def retrieval_metrics(a: dict[str, np.ndarray], meta: dict) -> dict[str, float]:
     out = {}
     for k in meta.get("ks", [1, 5, 10]):
-        out[f"i2t_R@{k}"] = float(np.mean(a["i2t_rank"] < k)) if len(a["i2t_rank"]) else NAN
-        out[f"t2i_R@{k}"] = float(np.mean(a["t2i_rank"] < k)) if len(a["t2i_rank"]) else NAN
+        out[f"i2t_R@{k}"] = _hit_rate(a["i2t_rank"], k)
+        out[f"t2i_R@{k}"] = _hit_rate(a["t2i_rank"], k)
+    # caption texts that are also training replies (a held-out scene's position-free phrasing can be
+    # another, trained scene's): R@1 of the queries with and without such a text
+    for way in ("i2t", "t2i"):
+        if f"{way}_seen" in a:
+            seen = a[f"{way}_seen"].astype(bool)
+            out[f"{way}_R@1_seen_text"] = _hit_rate(a[f"{way}_rank"][seen], 1)
+            out[f"{way}_R@1_unseen_text"] = _hit_rate(a[f"{way}_rank"][~seen], 1)
     return out
 
 
 def caption_metrics(a: dict[str, np.ndarray], meta: dict) -> dict[str, float]:
     tp, n_pred, n_true = a["tp"].sum(), a["n_pred"].sum(), a["n_true"].sum()
     p, r = _ratio(tp, n_pred), _ratio(tp, n_true)
-    return {"object_precision": p, "object_recall": r, "object_f1": f_beta(p, r)}
+    out = {"object_precision": p, "object_recall": r, "object_f1": f_beta(p, r)}
+    if "empty" in a:  # captions that are empty or only whitespace
+        out["caption_empty_rate"] = _invalid_rate(1 - a["empty"])
+    return out
 
 
 def yes_no_metrics(pred: np.ndarray, label: np.ndarray) -> dict[str, float]:
@@ -128,6 +151,8 @@ def throne_metrics(a: dict[str, np.ndarray], meta: dict) -> dict[str, float]:
     out["throne_cls_recall"] = float(np.mean([c["recall"] for c in present])) if present else 0.0
     out["throne_cls_f1"] = float(np.mean([c["f1"] for c in either])) if either else 0.0
     out["throne_cls_f0.5"] = float(np.mean([c["f0.5"] for c in either])) if either else 0.0
+    if "empty" in a:  # descriptions that are empty or only whitespace
+        out["throne_empty_rate"] = _invalid_rate(1 - a["empty"])
     return out
 
 
@@ -151,6 +176,8 @@ def mmstar_metrics(a: dict[str, np.ndarray], meta: dict) -> dict[str, float]:
     for i, category in enumerate(meta["categories"]):
         correct = a["correct"][a["category"] == i]
         out[f"mmstar_{category}_accuracy"] = float(np.mean(correct)) if len(correct) else NAN
+    if "valid" in a:  # replies with no option letter and no option text
+        out["mmstar_invalid_rate"] = _invalid_rate(a["valid"])
     return out
 
 
@@ -194,16 +221,18 @@ def geometry_metrics(a: dict[str, np.ndarray], meta: dict) -> dict[str, float]:
 class Group:
     compute: Callable[[dict[str, np.ndarray], dict], dict[str, float]]
     independent: bool = False  # arrays have different lengths and are resampled each on its own
+    rows: tuple[tuple[str, ...], ...] = ()  # in an independent group: arrays that share rows (one draw)
 
 
 GROUPS: dict[str, Group] = {
-    "retrieval": Group(retrieval_metrics, independent=True),
+    "retrieval": Group(retrieval_metrics, independent=True, rows=(("i2t_rank", "i2t_seen"), ("t2i_rank", "t2i_seen"))),
     "captions": Group(caption_metrics),
     "pope": Group(pope_metrics),
     "throne": Group(throne_metrics),
     "sugarcrepe": Group(sugarcrepe_metrics),
     "mmstar": Group(mmstar_metrics),
     "geometry": Group(geometry_metrics, independent=True),
+    "mmeb": Group(mmeb_metrics),
 }
 
 

@@ -11,7 +11,8 @@ import html
 import json
 from pathlib import Path
 
-from cafe.report import LOWER_IS_BETTER, comparison
+from cafe.evaluation.per_item import lower_is_better
+from cafe.report import comparison
 
 
 def _load(folder: Path) -> dict:
@@ -57,6 +58,24 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+# the invalid-answer rates, per part: (metric, the part, what counts as invalid)
+INVALID_METRICS = (
+    ("caption_empty_rate", "brief captions", "empty reply"),
+    ("pope_invalid_rate", "POPE", "neither yes nor no in POPE's words of the first sentence"),
+    ("mmstar_invalid_rate", "MMStar-format", "no option letter and no option text (VLMEvalKit's can_infer)"),
+    ("throne_empty_rate", "THRONE", "empty description"),
+)
+
+
+def _invalid_rows(runs: dict[str, dict]) -> list[list[str]]:
+    """One row per invalid-answer rate any run has: part, rule, value per run."""
+    rows = []
+    for metric, part, rule in INVALID_METRICS:
+        if any(metric in r["metrics"] for r in runs.values()):
+            rows.append([part, metric, rule, *(_fmt(r["metrics"].get(metric)) for r in runs.values())])
+    return rows
+
+
 def _class_rows(details: dict) -> list[list[str]]:
     classes = details.get("throne_classes", {})
     return [[name, _fmt(c["precision"]), _fmt(c["recall"]), _fmt(c["f1"]), _fmt(c["f0.5"]), str(c["support"])]
@@ -71,8 +90,13 @@ def render(runs: dict[str, dict], title: str) -> tuple[str, str]:
     rows = comparison({n: r["metrics"] for n, r in runs.items()})
     if len(names) == 1:
         rows = [r[:2] for r in rows]
-    note = f"Lower is better for {', '.join(sorted(LOWER_IS_BETTER))}; change = {names[-1]} − {names[0]}." if len(names) > 1 else ""
-    sections = [("Metrics", header, rows, note)]
+    lower = sorted({r[0] for r in rows if lower_is_better(r[0])})
+    note = f"Lower is better for {', '.join(lower)}; change = {names[-1]} − {names[0]}." if len(names) > 1 else ""
+    sections = []
+    if _invalid_rows(runs):
+        sections.append(("Replies that are no answer", ["part", "metric", "invalid when", *names], _invalid_rows(runs),
+                         "Share of the part's replies; lower is better. Every reply is in replies.jsonl."))
+    sections.append(("Metrics", header, rows, note))
     if subject["gate"]:
         verdict = "PASSED" if subject["gate"].get("passed") else "FAILED"
         sections.append((f"Gate: {verdict}", GATE_HEADER,

@@ -1,6 +1,6 @@
 """Model families. Adding one: a module with a :class:`~cafe.models.adapter.VLMAdapter` subclass that names
 its model and processor classes, its vision tower and projector prefixes and its tiny from-config builder,
-and one line in ``FAMILIES`` (see the README, "Model families")."""
+and one line in ``FAMILIES`` (see docs/models.md)."""
 
 from __future__ import annotations
 

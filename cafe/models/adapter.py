@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from cafe.config import ModelConfig, PromptConfig, TinyModelConfig
+from cafe.contract import write_contract
 from cafe.models import tuning
 
 IGNORE_INDEX = -100
@@ -56,6 +57,7 @@ class VLMAdapter:
         self.soft_prompt: tuning.SoftPrompt | None = None
         self.trainable = {part: True for part in tuning.PARTS}
         self.base_path: str | None = None  # the checkpoint the weights (or LoRA's base weights) came from
+        self.truncated_texts = 0  # captions/answers cut to model.max_text_tokens so far (the train log counts them)
 
     # ----------------------------------------------------------------- loading and saving
     @classmethod
@@ -91,8 +93,10 @@ class VLMAdapter:
 
     def save_pretrained(self, path: str | Path) -> None:
         """Model (safetensors) or, with LoRA, only the adapters and the parts trained in full; the soft
-        prompt; processor, tokenizer and chat template. Loadable by ``from_pretrained``."""
+        prompt; processor, tokenizer and chat template; the embedding contract. Loadable by
+        ``from_pretrained`` and (full checkpoints) by plain transformers."""
         tuning.save(self, Path(path))
+        write_contract(self, path)
 
     def part_of(self, name: str) -> str:
         """"vision_tower", "projector" or "llm" for a parameter or module name."""
@@ -160,6 +164,20 @@ class VLMAdapter:
             batch["soft_prompt_mask"] = mask
         return batch
 
+    def truncate(self, texts: Sequence[str]) -> list[str]:
+        """Each caption or answer cut to ``model.max_text_tokens`` tokens (at a token boundary of the original
+        text), so an unbounded caption cannot blow up a step; each cut is counted in ``truncated_texts``."""
+        limit = self.model_cfg.max_text_tokens
+        out = []
+        for text in texts:
+            if len(text.encode("utf-8", "replace")) >= limit:  # a token covers at least a byte: shorter ones fit
+                enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+                if len(enc["input_ids"]) > limit:
+                    text = text[:enc["offset_mapping"][limit - 1][1]]
+                    self.truncated_texts += 1
+            out.append(text)
+        return out
+
     def image_embed_inputs(self, images: Sequence[Image.Image]):
         """Embedding instruction with the image and the image prompt (soft prompt slots before its words)."""
         user = [{"type": "image"}, {"type": "text", "text": self._soft_placeholder() + self.prompts.image_embed}]
@@ -169,13 +187,22 @@ class VLMAdapter:
     def text_embed_inputs(self, texts: Sequence[str]):
         """Embedding instruction with the sentence and the text prompt; no image, no vision work."""
         prompt = self._soft_placeholder() + self.prompts.text_embed
-        prompts = [self._template(self._messages([{"type": "text", "text": f"{t}\n{prompt}"}]), True) for t in texts]
+        prompts = [self._template(self._messages([{"type": "text", "text": f"{t}\n{prompt}"}]), True)
+                   for t in self.truncate(texts)]
         return self._encode_embedding(prompts, None)
+
+    def image_text_embed_inputs(self, images: Sequence[Image.Image], texts: Sequence[str]):
+        """Embedding instruction with an image and a text (a composed query, e.g. an image and a question),
+        then the image prompt."""
+        prompt = self._soft_placeholder() + self.prompts.image_embed
+        prompts = [self._template(self._messages([{"type": "image"}, {"type": "text", "text": f"{t}\n{prompt}"}]), True)
+                   for t in texts]
+        return self._encode_embedding(prompts, images)
 
     def lm_inputs(self, images: Sequence[Image.Image], prompts: Sequence[str], answers: Sequence[str]):
         """Language instruction with labels on the answer tokens (and end-of-turn) only."""
         full, heads = [], []
-        for prompt, answer in zip(prompts, answers):
+        for prompt, answer in zip(prompts, self.truncate(answers)):
             user = [{"type": "image"}, {"type": "text", "text": prompt}]
             full.append(self._template(self._messages(user, answer), False))
             heads.append(self._template(self._messages(user), True))
@@ -234,6 +261,11 @@ class VLMAdapter:
     def encode_texts(self, texts: Sequence[str], batch_size: int = 128) -> torch.Tensor:
         return torch.cat([self.embed(self.text_embed_inputs(texts[i : i + batch_size]))
                           for i in range(0, len(texts), batch_size)])
+
+    @torch.no_grad()
+    def encode_image_texts(self, images: Sequence[Image.Image], texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+        return torch.cat([self.embed(self.image_text_embed_inputs(images[i:i + batch_size], texts[i:i + batch_size]))
+                          for i in range(0, len(images), batch_size)])
 
     @torch.no_grad()
     def generate(self, images: Sequence[Image.Image], prompts: Sequence[str], max_new_tokens: int = 32,

@@ -21,6 +21,7 @@ from transformers.models.llava_onevision.image_processing_pil_llava_onevision im
 
 from cafe.config import ModelConfig, PromptConfig, TinyModelConfig
 from cafe.models.adapter import VLMAdapter
+from cafe.models.standard import standardise_processor
 from cafe.models.tiny import set_generation_tokens, tokenizer_corpus, train_word_tokenizer
 
 # ChatML, as the Qwen2-based LLaVA-OneVision checkpoints use; images become "<image>\n".
@@ -38,7 +39,9 @@ CHAT_WORDS = "system user assistant"
 
 class CafeLlavaOnevisionProcessor(LlavaOnevisionProcessor):
     """LLaVA-OneVision's processor without the video processor (which needs torchvision, and which
-    CAFe never uses). Loads a real checkpoint's image processor, tokenizer and chat template."""
+    CAFe never uses). Loads a real checkpoint's image processor, tokenizer and chat template, and saves as
+    transformers' own ``LlavaOnevisionProcessor`` with a video processor config, so that plain
+    ``AutoProcessor.from_pretrained`` loads the full processor (or fails loudly without torchvision)."""
 
     # transformers passes saved settings only to parameters named in the signature, so they are spelled out.
     def __init__(self, image_processor=None, tokenizer=None, num_image_tokens=None,
@@ -50,6 +53,11 @@ class CafeLlavaOnevisionProcessor(LlavaOnevisionProcessor):
             vision_feature_select_strategy=vision_feature_select_strategy, chat_template=chat_template,
             image_token=image_token, video_token=video_token, vision_aspect_ratio=vision_aspect_ratio, **kwargs,
         )
+
+    def save_pretrained(self, save_directory, **kwargs):
+        files = super().save_pretrained(save_directory, **kwargs)
+        standardise_processor(save_directory, "LlavaOnevisionProcessor", "LlavaOnevisionVideoProcessor")
+        return files
 
 
 def train_tokenizer(corpus: Iterable[str]) -> PreTrainedTokenizerFast:

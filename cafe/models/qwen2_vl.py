@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
+import torch
 from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor, PreTrainedTokenizerFast
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
@@ -50,8 +51,6 @@ def build_tiny(corpus: Iterable[str], image_size: int, tiny: TinyModelConfig, pr
                model_cfg: ModelConfig | None = None, seed: int = 0) -> "Qwen2VLAdapter":
     """A randomly initialised Qwen2-VL small enough for CPU. ``tiny.patch_size`` is the side of one LLM image
     token (a 2x2 merge of vision patches), as for the other families."""
-    import torch
-
     if tiny.patch_size % MERGE:
         raise ValueError(f"model.tiny.patch_size={tiny.patch_size} must be even for Qwen2-VL's 2x2 patch merge")
     head_dim = tiny.text_hidden // tiny.text_heads
@@ -100,3 +99,11 @@ class Qwen2VLAdapter(VLMAdapter):
     projector_prefixes = ("model.visual.merger.",)  # the patch merger is Qwen2-VL's projector
 
     build_tiny = staticmethod(build_tiny)
+
+    def mrope_positions(self, input_ids: torch.Tensor, image_grid_thw: torch.Tensor) -> torch.Tensor:
+        """The M-RoPE position ids ``[3, n]`` the model gives one unpadded row ``input_ids`` (``n`` tokens) holding
+        the images of ``image_grid_thw`` in a pass of its own: what a packed shared-prefix sequence continues
+        (``cafe.training.shared_prefix``)."""
+        types = (input_ids == self.processor.image_token_id).long()  # mm_token_type_ids: text 0, image 1
+        positions, _ = self.model.model.get_rope_index(input_ids[None], types[None], image_grid_thw=image_grid_thw)
+        return positions[:, 0]

@@ -220,5 +220,5 @@ def merge(adapter: Tunable, out: str | Path) -> Path:
         adapter.model = adapter.peft.merge_and_unload()
         adapter.peft = None
     out = Path(out)
-    save(adapter, out)
+    adapter.save_pretrained(out)  # with the embedding contract
     return out

@@ -1,12 +1,15 @@
-"""Gallery index: the stored image embeddings a served version searches, one set per model version.
+"""Gallery index: the stored image embeddings a served model searches, one set per model weights.
 
-Embeddings of one version are meaningless to another, so the index is keyed by the model (``<name>-v<N>`` for
-a registered version) and the gallery's content. Promoting a new version to production records in the alias
-history that its gallery embeddings must be recomputed (``reindex_required``); ``cafe index`` recomputes them
-and :func:`reindex_status` says whether that is still pending. Layout under the index store::
+Embeddings of one model are meaningless to another, so the index is keyed by a digest of the served weights
+(and the processing configs that shape an embedding: :func:`weights_digest`), not by a folder name or a version
+label (a model retrained in the same folder gets a new index), and by the gallery's content. The index also
+records the embedding contract it was made under; loading it for a model with another contract is refused.
+Promoting a new version to production records in the alias history that its gallery embeddings must be
+recomputed (``reindex_required``); ``cafe index`` recomputes them and :func:`reindex_status` says whether that is
+still pending. Layout under the index store::
 
-    <model key>/<gallery digest>/embeddings.npy   float32 [N, D], L2-normalised
-    <model key>/<gallery digest>/index.json       ids, image paths, model, count; written last
+    w-<weights digest>/<gallery digest>/embeddings.npy   float32 [N, D], L2-normalised
+    w-<weights digest>/<gallery digest>/index.json       ids, image paths, model label, contract; written last
 """
 
 from __future__ import annotations
@@ -23,9 +26,14 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from cafe.contract import check_contract
 from cafe.storage import ObjectStore, join, open_store
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+# the files of a model folder that decide its embeddings (weights, and how inputs become tokens and pixels)
+EMBEDDING_FILES = ("config.json", "processor_config.json", "preprocessor_config.json", "tokenizer.json",
+                   "tokenizer_config.json", "chat_template.jinja", "adapter_config.json", "cafe_tuning.json")
+RECORD_FILE = "registry_record.json"
 
 
 def gallery_items(path: str | Path) -> list[tuple[str, str]]:
@@ -50,8 +58,46 @@ def gallery_digest(items: list[tuple[str, str]]) -> str:
     return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
 
 
-def model_key(name: str, version: int | str) -> str:
-    return f"{name}-v{str(version).lstrip('v')}"
+def _decides_embeddings(rel: str) -> bool:
+    return rel.endswith(".safetensors") or rel in EMBEDDING_FILES
+
+
+def files_digest(files: dict[str, str]) -> str:
+    """Digest of ``{relative path: sha256}`` over the files that decide embeddings."""
+    chosen = sorted((rel, sha) for rel, sha in files.items() if _decides_embeddings(rel))
+    if not any(rel.endswith(".safetensors") for rel, _ in chosen):
+        raise FileNotFoundError("no .safetensors weights among the model's files")
+    return hashlib.sha256(json.dumps(chosen).encode()).hexdigest()[:16]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_digest(model_dir: str | Path) -> str:
+    """Digest of the served weights: from the sha256s a registry pull verified, else by hashing the files; a
+    LoRA folder includes its base model's digest."""
+    model_dir = Path(model_dir)
+    record = model_dir / RECORD_FILE
+    if record.is_file():
+        files = {rel: meta["sha256"] for rel, meta in json.loads(record.read_text())["files"].items()}
+    else:
+        files = {p.relative_to(model_dir).as_posix(): _sha256(p) for p in sorted(model_dir.rglob("*"))
+                 if p.is_file() and _decides_embeddings(p.relative_to(model_dir).as_posix())}
+    own = files_digest(files)
+    tuning = model_dir / "cafe_tuning.json"
+    base = json.loads(tuning.read_text()).get("base_model") if tuning.is_file() else None
+    if base and Path(base).is_dir():
+        return hashlib.sha256(f"{own}+{weights_digest(base)}".encode()).hexdigest()[:16]
+    return own
+
+
+def index_key(digest: str) -> str:
+    return f"w-{digest}"
 
 
 @dataclass
@@ -94,27 +140,34 @@ def _prefix(key: str, digest: str) -> str:
 
 
 def build_index(adapter, items: list[tuple[str, str]], store: ObjectStore | str, key: str,
-                batch_size: int = 64) -> Index:
-    """Embed the gallery with ``adapter`` and store it under the model key (index.json last)."""
+                batch_size: int = 64, label: str | None = None, contract: dict | None = None) -> Index:
+    """Embed the gallery with ``adapter`` and store it under the model key (index.json last), with the model's
+    label (its version) and the embedding contract it was made under."""
     store = store if isinstance(store, ObjectStore) else open_store(store)
     emb = embed_images(adapter, [p for _, p in items], batch_size, desc=f"index {key}")
     prefix = _prefix(key, gallery_digest(items))
     buf = io.BytesIO()
     np.save(buf, emb.numpy().astype(np.float32))
     store.put_bytes(join(prefix, "embeddings.npy"), buf.getvalue())
-    meta = {"model": key, "ids": [i for i, _ in items], "paths": [p for _, p in items], "count": len(items),
-            "dim": int(emb.shape[1]), "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    meta = {"model": label or key, "key": key, "ids": [i for i, _ in items], "paths": [p for _, p in items],
+            "count": len(items), "dim": int(emb.shape[1]), "contract": contract,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     store.put_bytes(join(prefix, "index.json"), json.dumps(meta).encode())
     return Index(meta["ids"], meta["paths"], emb, key)
 
 
-def load_index(store: ObjectStore | str, key: str, items: list[tuple[str, str]]) -> Index | None:
-    """The stored index of this model and gallery, or None when it was never built (or is incomplete)."""
+def load_index(store: ObjectStore | str, key: str, items: list[tuple[str, str]],
+               contract: dict | None = None) -> Index | None:
+    """The stored index of this model and gallery, or None when it was never built (or is incomplete).
+    Raises :class:`~cafe.contract.ContractMismatch` when it was made under another embedding contract."""
     store = store if isinstance(store, ObjectStore) else open_store(store)
     prefix = _prefix(key, gallery_digest(items))
     if not store.exists(join(prefix, "index.json")):
         return None
     meta = json.loads(store.get_bytes(join(prefix, "index.json")))
+    if contract is not None:
+        check_contract(meta.get("contract") or {}, contract, f"gallery index {store.uri}/{prefix}",
+                       "serve with the prompts the index was built with, or rebuild it with `cafe index`")
     emb = torch.from_numpy(np.load(io.BytesIO(store.get_bytes(join(prefix, "embeddings.npy")))))
     return Index(meta["ids"], meta["paths"], emb, key)
 
@@ -126,7 +179,8 @@ def reindex_status(registry, name: str, alias: str, store: ObjectStore | str,
     version = registry.resolve(name, alias)
     events = [e for e in registry.alias_history(name, alias) if e.get("action") == "promote"]
     asked = any(e.get("reindex_required") and e.get("version") == version for e in events)
-    built = store.exists(join(_prefix(model_key(name, version), gallery_digest(items)), "index.json"))
+    files = {rel: meta["sha256"] for rel, meta in registry.show(name, version)["files"].items()}
+    built = store.exists(join(_prefix(index_key(files_digest(files)), gallery_digest(items)), "index.json"))
     stale = next((e.get("previous") for e in reversed(events) if e.get("version") == version), None)
     return {"alias": alias, "version": version, "reindex_required": asked, "indexed": built,
             "pending": not built, "stale_version": stale}

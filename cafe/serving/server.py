@@ -1,50 +1,36 @@
-"""`cafe serve`: one loaded model version behind KServe's Python model server.
+"""`cafe serve`: one loaded model version behind KServe's Python model server, with an OpenAI-compatible API.
 
 Two KServe models share the adapter: ``<name>`` answers embedding and search requests (a text or an image in,
 its embedding and the top-k gallery items out), ``<name>-generate`` answers generation requests. Both speak
 KServe's V1 (``POST /v1/models/<name>:predict`` with ``{"instances": [...]}``) and V2 (``/v2/models/<name>/infer``)
-protocols; ``POST /v1/feedback`` records which result a user chose. Every answered instance is written to the
-traffic log with the model version that answered it (:class:`~cafe.serving.traffic.TrafficLog`).
+protocols; ``POST /v1/feedback`` records which result a user chose. The same process and model version answer
+``POST /v1/embeddings``, ``POST /v1/chat/completions`` and ``GET /v1/models`` as OpenAI's and vLLM's clients
+expect (:mod:`cafe.serving.openai_api`). Every request is checked by :mod:`cafe.serving.requests` (4xx naming
+the field, never a 5xx for a bad request), and every answered instance is written to the traffic log with the
+model version that answered it (:class:`~cafe.serving.traffic.TrafficLog`).
 
-:class:`Service` holds the logic and is what the drift benchmark drives directly; the KServe classes only
-translate the protocols.
+:class:`Service` holds the logic and is what the drift benchmark drives directly; the KServe classes and the
+OpenAI routes only translate the protocols. :func:`open_service` loads a model, checks its embedding contract
+against the prompts it is served with and against its gallery index (keyed by a digest of the weights).
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import io
 import json
 import math
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from cafe.config import Params
 from cafe.serving.index import Index
-from cafe.serving.traffic import TrafficLog
-
-
-class RequestError(ValueError):
-    """A request instance that cannot be answered; the message names the instance and the field."""
-
-
-def decode_image(data: str, where: str) -> tuple[Image.Image, bytes]:
-    try:
-        raw = base64.b64decode(data, validate=True)
-        with Image.open(io.BytesIO(raw)) as img:
-            return img.convert("RGB"), raw
-    except (ValueError, UnidentifiedImageError, OSError) as err:
-        raise RequestError(f"{where}: 'image_b64' is not a base64-encoded image ({err})") from None
-
-
-def encode_image(img: Image.Image) -> str:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return base64.b64encode(buf.getvalue()).decode()
+from cafe.serving.requests import (Limits, Query, RequestError, feedback_body, generate_instances, max_new_tokens,
+                                   search_instances, top_k as top_k_param, v1_body, v2_metadata, v2_search_inputs)
+from cafe.serving.traffic import TrafficLog, UnknownRequest
 
 
 def _finite_list(vec: torch.Tensor) -> list[float | None]:
@@ -55,57 +41,68 @@ class Service:
     """Embedding search and generation with one model version, logging every answer."""
 
     def __init__(self, adapter, version: str, traffic: TrafficLog | None, index: Index | None = None,
-                 name: str = "cafe", top_k: int = 10, log_embeddings: bool = True, max_new_tokens: int = 32):
+                 name: str = "cafe", top_k: int = 10, log_embeddings: bool = True, max_new_tokens: int = 32,
+                 limits: Limits | None = None):
         self.adapter, self.version, self.traffic, self.index = adapter, version, traffic, index
         self.name, self.top_k, self.log_embeddings, self.max_new_tokens = name, top_k, log_embeddings, max_new_tokens
+        self.limits = limits or Limits()
+        self._model_lock = threading.Lock()  # KServe's routes and the OpenAI routes (a thread pool) share the model
 
-    def search(self, instances: list[dict], top_k: int | None = None) -> list[dict]:
+    @property
+    def names(self) -> list[str]:
+        """The model names this service answers to (search first)."""
+        return [self.name, f"{self.name}-generate"]
+
+    @property
+    def dim(self) -> int:
+        config = self.adapter.model.config
+        return int(getattr(config, "text_config", config).hidden_size)
+
+    def search(self, instances: list[dict], top_k: int | None = None, api: str = "v1") -> list[dict]:
         """Each instance ``{"text": ...}`` or ``{"image_b64": ...}`` -> embedding + top-k gallery results."""
-        k = top_k or self.top_k
-        texts, images, order = [], [], []
-        for n, inst in enumerate(instances):
-            if not isinstance(inst, dict):
-                raise RequestError(f"instances[{n}]: expected an object with 'text' or 'image_b64'")
-            if isinstance(inst.get("text"), str) and inst["text"].strip():
-                order.append(("text", len(texts)))
-                texts.append(inst["text"])
-            elif "image_b64" in inst:
-                img, raw = decode_image(inst["image_b64"], f"instances[{n}]")
-                order.append(("image", len(images)))
-                images.append((img, raw))
+        queries = search_instances(instances, self.limits)
+        return self.search_queries(queries, top_k or self.top_k, api)
+
+    def search_queries(self, queries: list[Query], k: int, api: str = "v1") -> list[dict]:
+        texts = [q.text for q in queries if q.text is not None]
+        images = [q.image for q in queries if q.text is None]
+        with self._model_lock:
+            text_emb = self.adapter.encode_texts(texts) if texts else None
+            image_emb = self.adapter.encode_images(images) if images else None
+        records, answers, t, i = [], [], 0, 0
+        for q in queries:
+            if q.text is not None:
+                emb, t = text_emb[t], t + 1
             else:
-                raise RequestError(f"instances[{n}]: give a non-empty 'text' or an 'image_b64'")
-        text_emb = self.adapter.encode_texts(texts) if texts else None
-        image_emb = self.adapter.encode_images([i for i, _ in images]) if images else None
-        records, answers = [], []
-        for kind, j in order:
-            emb = text_emb[j] if kind == "text" else image_emb[j]
+                emb, i = image_emb[i], i + 1
             results = self.index.search(emb[None], k)[0] if self.index is not None else []
-            rec: dict[str, Any] = {"kind": "search" if kind == "text" else "image",
-                                   "results": [{"id": i, "score": s} for i, s in results],
+            rec: dict[str, Any] = {"kind": "search" if q.text is not None else "image", "api": api,
+                                   "results": [{"id": r, "score": s} for r, s in results],
                                    "top1_score": results[0][1] if results else None}
-            if kind == "text":
-                rec["query"] = texts[j]
+            if q.text is not None:
+                rec["query"] = q.text
             else:
-                sha = hashlib.sha256(images[j][1]).hexdigest()
+                sha = hashlib.sha256(q.raw).hexdigest()
                 rec["query"] = {"image_sha256": sha}
                 if self.traffic is not None:
-                    rec["query"]["image_key"] = self.traffic.log_image(sha, images[j][1])
+                    rec["query"]["image_key"] = self.traffic.log_image(sha, q.raw)
             answers.append({**rec, "embedding": _finite_list(emb)})
             records.append({**rec, "embedding": _finite_list(emb) if self.log_embeddings else None})
         self._log(records, answers)
         return answers
 
-    def generate(self, instances: list[dict]) -> list[dict]:
+    def generate(self, instances: list[dict], max_tokens: int | None = None) -> list[dict]:
         """Each instance ``{"image_b64": ..., "prompt": ...}`` -> generated text."""
-        images, prompts = [], []
-        for n, inst in enumerate(instances):
-            if not isinstance(inst, dict) or "image_b64" not in inst:
-                raise RequestError(f"instances[{n}]: generation needs 'image_b64' (and optionally 'prompt')")
-            images.append(decode_image(inst["image_b64"], f"instances[{n}]")[0])
-            prompts.append(str(inst.get("prompt") or self.adapter.prompts.caption))
-        texts = self.adapter.generate(images, prompts, max_new_tokens=self.max_new_tokens)
-        answers = [{"kind": "generate", "query": {"prompt": p}, "text": t} for p, t in zip(prompts, texts)]
+        pairs = generate_instances(instances, self.limits, self.adapter.prompts.caption)
+        return self.generate_pairs(pairs, max_tokens or self.max_new_tokens)
+
+    def generate_pairs(self, pairs: list[tuple[Image.Image, str]], max_tokens: int, temperature: float = 0.0,
+                       top_p: float = 1.0, api: str = "v1") -> list[dict]:
+        images, prompts = [img for img, _ in pairs], [p for _, p in pairs]
+        with self._model_lock:
+            texts = self.adapter.generate(images, prompts, max_new_tokens=max_tokens, do_sample=temperature > 0,
+                                          temperature=temperature or 1.0, top_p=top_p)
+        answers = [{"kind": "generate", "api": api, "query": {"prompt": p}, "text": t} for p, t in zip(prompts, texts)]
         self._log([dict(a) for a in answers], answers)
         return answers
 
@@ -119,9 +116,16 @@ class Service:
             answer["request_id"], answer["model_version"] = rec["request_id"], self.version
 
     def feedback(self, request_id: str, chosen: str) -> dict:
+        """Record the result a user chose; 404 for a request id the log never answered (nothing is stored)."""
         if self.traffic is None:
-            raise RequestError("this server keeps no traffic log; feedback cannot be recorded")
-        return self.traffic.log_feedback(request_id, chosen)
+            raise RequestError("this server keeps no traffic log; feedback cannot be recorded", status=409)
+        request_id, chosen = feedback_body({"request_id": request_id, "chosen": chosen}, self.limits)
+        if self.index is not None and chosen not in self.index.ids:
+            raise RequestError(f"chosen: {chosen!r} is not an id of the served gallery", param="chosen")
+        try:
+            return self.traffic.log_feedback(request_id, chosen)
+        except UnknownRequest as err:
+            raise RequestError(str(err), status=404, param="request_id") from None
 
 
 # ----------------------------------------------------------------------------- KServe
@@ -130,20 +134,9 @@ class Service:
 def kserve_models(service: Service):
     """The two KServe models (search/embedding and generation) over one :class:`Service`."""
     from kserve import Model
-    from kserve.errors import InvalidInput
     from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
-    def v1_instances(payload) -> tuple[list, dict]:
-        if not isinstance(payload, dict) or not isinstance(payload.get("instances"), list):
-            raise InvalidInput('expected {"instances": [...]} (KServe V1) or a V2 inference request')
-        return payload["instances"], payload.get("parameters") or {}
-
-    def v2_strings(request: InferRequest, name: str) -> list[str]:
-        for inp in request.inputs:
-            if inp.name == name:
-                flat = inp.data if not inp.data or not isinstance(inp.data[0], list) else [x for r in inp.data for x in r]
-                return [d.decode() if isinstance(d, bytes) else str(d) for d in flat]
-        return []
+    limits = service.limits
 
     class Loaded(Model):
         """A KServe model over the already loaded service: ready as soon as it exists."""
@@ -160,49 +153,41 @@ def kserve_models(service: Service):
         """V1: instances of {"text"} or {"image_b64"}; V2: a BYTES input "text" or "image_b64" -> FP32
         "embedding" (and BYTES "results" as JSON)."""
 
+        def get_input_types(self) -> list[dict]:
+            return v2_metadata(service.dim)[0]
+
+        def get_output_types(self) -> list[dict]:
+            return v2_metadata(service.dim)[1]
+
         def predict(self, payload, headers=None, response_headers=None):
-            try:
-                if isinstance(payload, InferRequest):
-                    instances = [{"text": t} for t in v2_strings(payload, "text")]
-                    instances += [{"image_b64": b} for b in v2_strings(payload, "image_b64")]
-                    answers = service.search(instances)
-                    emb = [a["embedding"] for a in answers]
-                    outputs = [InferOutput("embedding", [len(emb), len(emb[0]) if emb else 0], "FP32",
-                                           [v for row in emb for v in row]),
-                               InferOutput("results", [len(answers)], "BYTES",
-                                           [json.dumps({"request_id": a.get("request_id"), "results": a["results"]})
-                                            for a in answers])]
-                    return InferResponse(payload.id or "", self.name, outputs, model_version=service.version)
-                instances, parameters = v1_instances(payload)
-                return {"predictions": service.search(instances, parameters.get("top_k")),
-                        "model_version": service.version}
-            except RequestError as err:
-                raise InvalidInput(str(err)) from None
+            if isinstance(payload, InferRequest):
+                k = top_k_param(payload.parameters or {}, limits, service.top_k)
+                answers = service.search_queries(v2_search_inputs(payload, limits), k)
+                emb = [a["embedding"] for a in answers]
+                outputs = [InferOutput("embedding", [len(emb), service.dim], "FP32", [v for row in emb for v in row]),
+                           InferOutput("results", [len(answers)], "BYTES",
+                                       [json.dumps({"request_id": a.get("request_id"), "results": a["results"]})
+                                        for a in answers])]
+                return InferResponse(payload.id or "", self.name, outputs, model_version=service.version)
+            instances, parameters = v1_body(payload, limits)
+            queries = search_instances(instances, limits)
+            return {"predictions": service.search_queries(queries, top_k_param(parameters, limits, service.top_k)),
+                    "model_version": service.version}
 
     class GenerateModel(Loaded):
         """V1: instances of {"image_b64", "prompt"} -> {"text"}."""
 
         def predict(self, payload, headers=None, response_headers=None):
-            try:
-                instances, _ = v1_instances(payload)
-                return {"predictions": service.generate(instances), "model_version": service.version}
-            except RequestError as err:
-                raise InvalidInput(str(err)) from None
+            if isinstance(payload, InferRequest):
+                raise RequestError(f"{self.name} speaks KServe V1 only: POST /v1/models/{self.name}:predict",
+                                   param="inputs")
+            instances, parameters = v1_body(payload, limits)
+            pairs = generate_instances(instances, limits, service.adapter.prompts.caption)
+            return {"predictions": service.generate_pairs(pairs, max_new_tokens(parameters, limits,
+                                                                                 service.max_new_tokens)),
+                    "model_version": service.version}
 
     return [SearchModel(service.name), GenerateModel(f"{service.name}-generate")]
-
-
-def add_feedback_route(app, service: Service) -> None:
-    """``POST /v1/feedback`` with ``{"request_id": ..., "chosen": <gallery id>}`` on KServe's FastAPI app."""
-    from fastapi import Body, HTTPException
-
-    def feedback(body: dict = Body(...)) -> dict:
-        try:
-            return {"recorded": service.feedback(body.get("request_id"), body.get("chosen"))}
-        except (RequestError, ValueError) as err:
-            raise HTTPException(status_code=400, detail=str(err)) from None
-
-    app.add_api_route("/v1/feedback", feedback, methods=["POST"])
 
 
 def run(service: Service, host: str, port: int) -> None:
@@ -214,10 +199,12 @@ def run(service: Service, host: str, port: int) -> None:
     from kserve.model_server import app
     from kserve.protocol.rest.server import RESTServer
 
+    from cafe.serving.routes import add_routes
+
     server = ModelServer(http_port=port, enable_grpc=False, workers=1)
     for model in kserve_models(service):
         server.register_model(model)
-    add_feedback_route(app, service)
+    add_routes(app, service)
     rest = RESTServer(FASTAPI_APP_IMPORT_STRING, server.dataplane, server.model_repository_extension, port)
     rest.config.host = host  # KServe binds 0.0.0.0; tests and workstations want 127.0.0.1
     asyncio.run(rest.start())
@@ -240,3 +227,32 @@ def resolve_model(model: str | None, p: Params) -> tuple[str, str]:
     if not (dest / RECORD_FILE).is_file():
         reg.pull(p.registry.name, version, dest)
     return str(dest), f"{p.registry.name}-v{version}"
+
+
+def open_service(p: Params, model: str | None = None, log: Callable[[str], None] = print) -> Service:
+    """The service of ``model`` (a folder, or the registry's ``serve.ref``): the adapter, its embedding contract
+    checked against the prompts it is served with, its gallery index (keyed by the weights digest; built now when
+    missing, refused when made under another contract), the traffic log and the request limits."""
+    from cafe.contract import check_contract, contract_of, read_contract
+    from cafe.models import load_adapter
+    from cafe.serving.index import build_index, gallery_items, index_key, load_index, weights_digest
+
+    path, version = resolve_model(model, p)
+    adapter = load_adapter(path, p.prompts, p.model, fresh_tuning=False)
+    live = contract_of(adapter)
+    saved = read_contract(path)
+    if saved is not None:
+        check_contract(saved, live, f"model {path} served with params.yaml's prompts",
+                       "serve it with the prompts it was trained with (prompts.* in params.yaml)")
+    index = None
+    if p.serve.gallery:
+        items = gallery_items(p.serve.gallery)
+        key = index_key(weights_digest(path))
+        index = load_index(p.serve.index_store, key, items, contract=live)
+        if index is None:
+            log(f"no gallery index for {version} ({key}) yet: building it ({len(items)} images)")
+            index = build_index(adapter, items, p.serve.index_store, key, p.serve.batch_size, label=version,
+                                contract=live)
+    return Service(adapter, version, TrafficLog(p.serve.traffic_store), index, name=p.serve.model_name,
+                   top_k=p.serve.top_k, log_embeddings=p.serve.log_embeddings, max_new_tokens=p.serve.max_new_tokens,
+                   limits=Limits.from_params(p))

@@ -3,7 +3,9 @@ relevance feedback users give on it, in an object store (a local folder or S3/Mi
 
 Layout: ``requests/<YYYYMMDD>/<HHMMSS.ffffff>-<id>.json`` (one object per predict call, holding one record per
 instance) and ``feedback/<YYYYMMDD>/<HHMMSS.ffffff>-<id>.json``. One object per write means many server replicas
-can log to one bucket without appends or locks, and the key names alone bound a window by time.
+can log to one bucket without appends or locks, and the key names alone bound a window by time. A record's
+``request_id`` (``<YYYYMMDD>T<HHMMSS.ffffff>-<call id>-<n>``) names the object that holds it, so feedback on an
+unknown request is refused (by any replica) without a scan.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ REQUESTS, FEEDBACK, IMAGES = "requests", "feedback", "images"
 
 def _stamp(at: datetime) -> str:
     return f"{at:%Y%m%d}/{at:%H%M%S.%f}"
+
+
+class UnknownRequest(LookupError):
+    """Feedback names a request id this log never answered."""
 
 
 def _key_time(key: str) -> datetime | None:
@@ -61,7 +67,7 @@ class TrafficLog:
         call = uuid.uuid4().hex[:16]
         out = []
         for i, rec in enumerate(records):
-            out.append({"request_id": f"{call}-{i}", "ts": at.isoformat(), "model_name": model_name,
+            out.append({"request_id": f"{at:%Y%m%dT%H%M%S.%f}-{call}-{i}", "ts": at.isoformat(), "model_name": model_name,
                         "model_version": model_version, **rec})
         self.store.put_bytes(join(REQUESTS, f"{_stamp(at)}-{call}.json"), json.dumps({"records": out}).encode())
         return out
@@ -73,10 +79,31 @@ class TrafficLog:
             self.store.put_bytes(key, data)
         return key
 
+    def _request_key(self, request_id: str) -> tuple[str, int] | None:
+        parts = str(request_id).split("-")
+        if len(parts) != 3 or not parts[2].isdigit() or "T" not in parts[0] or not parts[1].isalnum():
+            return None
+        day, _, clock = parts[0].partition("T")
+        if not (day.isdigit() and len(day) == 8 and clock.replace(".", "").isdigit()):
+            return None
+        return join(REQUESTS, day, f"{clock}-{parts[1]}.json"), int(parts[2])
+
+    def has_request(self, request_id: str) -> bool:
+        """Whether ``request_id`` names a record this log holds."""
+        found = self._request_key(request_id)
+        if found is None or not self.store.exists(found[0]):
+            return False
+        try:
+            return found[1] < len(json.loads(self.store.get_bytes(found[0]))["records"])
+        except (ValueError, KeyError, TypeError):
+            return False
+
     def log_feedback(self, request_id: str, chosen: str, at: datetime | None = None) -> dict:
-        """The item the user chose for a request (a gallery id)."""
+        """The item the user chose for a request (a gallery id); an unknown request id is refused, not stored."""
         if not request_id or not chosen:
             raise ValueError("feedback needs 'request_id' (from the predict response) and 'chosen' (a result id)")
+        if not self.has_request(request_id):
+            raise UnknownRequest(f"request_id {request_id!r}: no such request in the traffic log")
         at = at or datetime.now(timezone.utc)
         entry = {"request_id": str(request_id), "chosen": str(chosen), "ts": at.isoformat()}
         self.store.put_bytes(join(FEEDBACK, f"{_stamp(at)}-{uuid.uuid4().hex[:12]}.json"), json.dumps(entry).encode())

@@ -14,11 +14,11 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlparse
 
-from cafe.storage.base import AlreadyExists, ObjectStore, StoreError, join
+from cafe.storage.base import AlreadyExists, ObjectStore, StoreError, UnsafePath, inside, join, safe_relpath
 from cafe.storage.local import LocalStore
 
-__all__ = ["AlreadyExists", "LocalStore", "ObjectStore", "StoreError", "join", "localize", "open_store",
-           "store_uri"]
+__all__ = ["AlreadyExists", "LocalStore", "ObjectStore", "StoreError", "UnsafePath", "inside", "join", "localize",
+           "open_store", "safe_relpath", "store_uri"]
 
 
 def open_store(uri: str | Path) -> ObjectStore:

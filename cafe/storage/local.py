@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
-from cafe.storage.base import AlreadyExists, ObjectStore, _check_key
+from cafe.storage.base import AlreadyExists, ObjectStore, UnsafePath, _check_key, inside
 
 
 class LocalStore(ObjectStore):
@@ -18,7 +19,8 @@ class LocalStore(ObjectStore):
         self.uri = str(self.root)
 
     def _path(self, key: str) -> Path:
-        return self.root / _check_key(key)
+        """The file of ``key``; refused if it resolves outside the root (a symlink planted in the store)."""
+        return inside(self.root, _check_key(key), f"{self.uri}: object key")
 
     def _write_atomic(self, key: str, write) -> None:
         target = self._path(key)
@@ -74,7 +76,28 @@ class LocalStore(ObjectStore):
         if not self.root.is_dir():
             return []
         keys = (p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file())
-        return sorted(k for k in keys if k.startswith(prefix) and not Path(k).name.startswith("."))
+        return sorted(k for k in keys if k.startswith(prefix) and not Path(k).name.startswith(".") and self._ok(k))
+
+    def _ok(self, key: str) -> bool:
+        """Listed keys are only those a get would serve (no symlinks out of the store, no odd names)."""
+        try:
+            self._path(key)
+        except UnsafePath:
+            return False
+        return True
+
+    def remove_partial(self, prefix: str, min_age_s: float) -> list[str]:
+        """The ``.<name>.<random>.tmp`` files of puts that were killed before their rename."""
+        base = self.root / prefix if prefix else self.root
+        if not base.is_dir() or not base.resolve().is_relative_to(self.root):
+            return []
+        cutoff = time.time() - min_age_s
+        removed = []
+        for path in sorted(base.rglob(".*.tmp")):
+            if path.is_file() and not path.is_symlink() and path.stat().st_mtime <= cutoff:
+                path.unlink(missing_ok=True)
+                removed.append(path.relative_to(self.root).as_posix())
+        return removed
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)

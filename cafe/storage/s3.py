@@ -125,6 +125,24 @@ class S3Store(ObjectStore):
     def delete(self, key: str) -> None:
         self._call("deleting", key, self.client.remove_object, self.bucket, self._key(key))
 
+    def remove_partial(self, prefix: str, min_age_s: float) -> list[str]:
+        """Abort incomplete multipart uploads under ``prefix`` started more than ``min_age_s`` ago (their parts
+        are invisible but stored and billed). Uses the SDK's ListMultipartUploads/AbortMultipartUpload calls."""
+        import datetime as dt
+
+        root = f"{self.prefix}/" if self.prefix else ""
+        cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=min_age_s)
+        result = self._call("listing uploads under", prefix, self.client._list_multipart_uploads, self.bucket,
+                            prefix=root + prefix)
+        removed = []
+        for upload in result.uploads:
+            if upload.initiated_time is None or upload.initiated_time <= cutoff:
+                key = upload.object_name[len(root):]
+                self._call("aborting the upload of", key, self.client._abort_multipart_upload, self.bucket,
+                           upload.object_name, upload.upload_id)
+                removed.append(key)
+        return removed
+
     # ----------------------------------------------------------------- reads
     def get_bytes(self, key: str) -> bytes:
         response = self._call("reading", key, self.client.get_object, self.bucket, self._key(key))

@@ -16,15 +16,20 @@ Masks: an additive float mask ``[B, 1, L, L]`` for eager / SDPA (a boolean one i
 STACK-NOTES); on CUDA the model is switched to FlexAttention and gets a ``BlockMask`` (SDPA with an arbitrary
 mask loses its flash kernels and transformers' FlashAttention takes no custom 4-D mask).
 
-Backward: with ``optim.clip_mode: per_loss`` under the DDP-style strategy the two terms keep their own
-gradients (the language loss back-propagates with the graph retained, the contrastive loss after it); otherwise
-(``global``/``none``, DeepSpeed, which clips the total) one backward of ``a_lm L_lm + a_con L_con``. With
-gradient caching (``train.grad_cache_chunk``) the graph-building re-run of each chunk computes the language
-loss and the cached-gradient surrogate in the same forward and back-propagates them together; under
-``per_loss`` clipping that cannot keep the terms apart, so that combination falls back to three-pass.
+Backward: when the terms must leave their gradients apart (``Terms.separate``: ``optim.clip_mode: per_loss``
+under the DDP-style strategy, and the measuring steps of ``balanced``) the language loss back-propagates with
+the graph retained and the contrastive loss after it; otherwise (``global``/``none``, the other steps of
+``balanced``, DeepSpeed, which clips the total) one backward of ``a_lm L_lm + a_con L_con``. With gradient
+caching (``train.grad_cache_chunk``) the graph-building re-run of each chunk computes the language loss and the
+cached-gradient surrogate in the same forward and back-propagates them together; under ``per_loss`` or
+``balanced`` that cannot keep the terms apart, so those combinations fall back to three-pass.
 
-Families: 1-D rotary positions pack exactly (LLaVA-OneVision); Qwen2-VL's 3-D rotary positions (and any family
-not listed in :data:`PACKABLE`) fall back to the three-pass step with a logged message.
+Families: 1-D rotary positions pack exactly (LLaVA-OneVision, LLaVA-1.5). Qwen2-VL's 3-D rotary positions
+(M-RoPE: image tokens take (time, height, width) positions, the text after an image continues from the image's
+largest side) pack too: each continuation takes the positions its own separate pass would give it, computed by
+the model's own ``get_rope_index`` for the language row and for the embedding row (``mrope_positions`` of the
+adapter); the prefix's are the same in both. Any family not in :data:`PACKABLE` falls back to the three-pass
+step with a logged message.
 """
 
 from __future__ import annotations
@@ -50,24 +55,24 @@ def warn_fallback(reason: str) -> None:
     """Say once per reason (not every step) that the three-pass step runs instead."""
     log.warning("train.step=shared_prefix falls back to three_pass: %s", reason)
 
-PACKABLE = ("llava_onevision", "llava")
+PACKABLE = ("llava_onevision", "llava", "qwen2_vl")
 PREFIX, LANGUAGE, EMBEDDING, PADDING = 0, 1, 2, -1
 
 
 def fallback_reason(adapter: VLMAdapter, cfg: TrainConfig, backward: Backward) -> str | None:
     """Why this step cannot be shared-prefix (then the three-pass step runs), or None."""
     if adapter.family not in PACKABLE:
-        return (f"model family {adapter.family!r} cannot be packed exactly (its position scheme, e.g. Qwen2-VL's "
-                "3-D rotary positions, is not 1-D)")
+        return f"model family {adapter.family!r} cannot be packed exactly (its position scheme is not known here)"
     if cfg.objective.alpha_lm <= 0 or cfg.objective.alpha_con <= 0:
         return "only one objective is on: nothing to share"
-    if cfg.grad_cache_chunk > 0 and cfg.optim.clip_mode == "per_loss" and backward is plain_backward:
-        return "gradient caching with per-loss clipping needs each term's gradient apart"
+    if cfg.grad_cache_chunk > 0 and cfg.optim.clip_mode in ("per_loss", "balanced") and backward is plain_backward:
+        return f"gradient caching with per-loss clipping (clip_mode {cfg.optim.clip_mode}) needs each term's gradient apart"
     return None
 
 
 def pack(adapter: VLMAdapter, images: Sequence, prompts: Sequence[str], answers: Sequence[str]) -> dict:
-    """One packed sequence per sample: input ids, position ids, segment ids, next-token targets, pixels.
+    """One packed sequence per sample: input ids, position ids (``[B, L]``, or ``[3, B, L]`` for M-RoPE),
+    segment ids, next-token targets, pixels.
 
     The shared prefix is the longest common token prefix of the language row and the image-embedding row
     (always holding every image token), cut before the first soft-prompt slot and so that each continuation
@@ -81,6 +86,7 @@ def pack(adapter: VLMAdapter, images: Sequence, prompts: Sequence[str], answers:
     if embed_ids.count(image_id) != 1:
         raise ValueError("the image embedding instruction must hold exactly one image token")
     cut = embed_ids.index(image_id)
+    mrope = getattr(adapter, "mrope_positions", None)  # 3-D rotary positions (Qwen2-VL), else 1-D
     rows = []
     for i in range(len(images)):
         n = int(lm["attention_mask"][i].sum())
@@ -97,20 +103,29 @@ def pack(adapter: VLMAdapter, images: Sequence, prompts: Sequence[str], answers:
                              "image; use train.step: three_pass")
         a, e = n - p, len(emb) - p
         targets = labels[1:] + [IGNORE_INDEX]  # position j predicts token j + 1 of the language row
+        if mrope is None:
+            positions = torch.tensor([list(range(n)) + list(range(p, p + e))])
+        else:  # each continuation as in its own pass; one image per sample, in batch order
+            grid = lm["image_grid_thw"][i:i + 1]
+            positions = torch.cat([mrope(torch.tensor(ids, device=grid.device), grid),
+                                   mrope(torch.tensor(emb, device=grid.device), grid)[:, p:]], dim=1)
         rows.append({
             "input_ids": ids + emb[p:],
-            "position_ids": list(range(n)) + list(range(p, p + e)),
+            "positions": positions,
             "segment": [PREFIX] * p + [LANGUAGE] * a + [EMBEDDING] * e,
             "targets": targets + [IGNORE_INDEX] * e,
             "soft": [False] * n + [t == tok.pad_token_id for t in emb[p:]],
         })
     length = max(len(r["input_ids"]) for r in rows)
-    fill = {"input_ids": tok.pad_token_id, "position_ids": 0, "segment": PADDING, "targets": IGNORE_INDEX,
-            "soft": False}
+    fill = {"input_ids": tok.pad_token_id, "segment": PADDING, "targets": IGNORE_INDEX, "soft": False}
     out = {k: torch.tensor([r[k] + [v] * (length - len(r[k])) for r in rows], device=adapter.device)
            for k, v in fill.items()}
+    positions = torch.stack([F.pad(r["positions"], (0, length - r["positions"].shape[1])) for r in rows], dim=1)
+    out["position_ids"] = (positions[0] if mrope is None else positions).to(adapter.device)
     out["last"] = torch.tensor([len(r["input_ids"]) - 1 for r in rows], device=adapter.device)
-    out["pixels"] = {k: v for k, v in lm.items() if k not in ("input_ids", "attention_mask", "labels")}
+    # mm_token_type_ids only serve the model's own position computation, which the packed positions replace
+    out["pixels"] = {k: v for k, v in lm.items()
+                     if k not in ("input_ids", "attention_mask", "labels", "mm_token_type_ids")}
     return out
 
 

@@ -11,14 +11,15 @@ schedule and saves/loads their state into a checkpoint directory.
   engine's ``step()`` is the one accumulation boundary of the step (``"managed_gradient_accumulation":
   false``): ZeRO-2/3 reduce-scatter each backward's gradient into the partitions and the step finalises
   them, ZeRO-0/1 all-reduce at the step. So gradient caching's many backwards per step stay exact, with no
-  ``scale_wrt_gas`` division and no lost chunk (see the traps in ``STACK-NOTES.md``). The engine clips the
-  **total** gradient (``gradient_clipping``) after the reduction; per-loss clipping cannot be had there, since
-  under ZeRO-2/3 no rank holds a whole per-term gradient.
+  ``scale_wrt_gas`` division and no lost chunk (the traps are listed in ``docs/distributed.md``). The engine
+  clips the **total** gradient (``gradient_clipping``) after the reduction; per-loss clipping cannot be had
+  there, since under ZeRO-2/3 no rank holds a whole per-term gradient.
 """
 
 from __future__ import annotations
 
 import copy
+import fcntl
 import json
 import logging
 import os
@@ -32,7 +33,8 @@ import torch.distributed as tdist
 
 from cafe.config import TrainConfig
 from cafe.distributed import DistEnv, average_gradients
-from cafe.training.optim import backward_and_clip, build_optimizer, build_scheduler, param_groups
+from cafe.training.checkpoint import safe_load
+from cafe.training.optim import LossBalance, backward_and_clip, build_optimizer, build_scheduler, param_groups
 from cafe.training.step import Term, plain_backward
 
 log = logging.getLogger(__name__)
@@ -50,12 +52,13 @@ class DDPStrategy:
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, total_steps)
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
                          if dist.device.type == "cuda" and cfg.precision == "bf16" else nullcontext())
+        self.balance = LossBalance(cfg.optim)  # optim.clip_mode balanced: its factors, kept across steps
 
     backward = staticmethod(plain_backward)
 
     def step(self, terms: dict[str, Term]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         with self.autocast:
-            losses, norms = backward_and_clip(terms, self.params, self.cfg.optim, average_gradients)
+            losses, norms = backward_and_clip(terms, self.params, self.cfg.optim, average_gradients, self.balance)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -78,7 +81,7 @@ class DDPStrategy:
     def load(self, directory: Path) -> None:
         # checkpoints written before the strategies existed kept these in trainer_state.pt
         path = directory / "optimizer.pt" if (directory / "optimizer.pt").is_file() else directory / "trainer_state.pt"
-        state = torch.load(path, map_location=self.dist.device, weights_only=False)
+        state = safe_load(path, map_location=self.dist.device)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
 
@@ -132,6 +135,32 @@ def _ensure_process_group(dist: DistEnv) -> None:
     tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
 
 
+def build_deepspeed_ops() -> None:
+    """Compile (or load) DeepSpeed's JIT-built shared-memory comm extension, one process at a time.
+
+    Every rank that starts the engine loads it, and with an empty extension cache (``TORCH_EXTENSIONS_DIR``,
+    default ``~/.cache/torch_extensions``) ranks that compile it at the same moment have aborted (SIGABRT,
+    "terminate called without an active exception"). Under an exclusive lock in that cache folder the first
+    process builds it and the others (other ranks on the node, other runs) wait, then load the finished
+    library. Call it before spawning ranks to build once up front; :class:`DeepSpeedStrategy` calls it too,
+    so torchrun runs are safe."""
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+    from torch.utils.cpp_extension import get_default_build_root
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is None or not deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
+        return  # DeepSpeed does not use it on this accelerator / platform
+    root = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root())  # as torch resolves it
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "cafe-deepspeed-build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            builder.load()  # DeepSpeed keeps the loaded module; its own load during initialize reuses it
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 class DeepSpeedStrategy:
     """The DeepSpeed engine (ZeRO 0-3, optional CPU offload, bf16) around the same model and loss terms.
 
@@ -152,13 +181,15 @@ class DeepSpeedStrategy:
         self.cfg, self.dist = cfg, dist
         self.config = config if config is not None else deepspeed_config(cfg.deepspeed_config, cfg, dist)
         _ensure_process_group(dist)
+        build_deepspeed_ops()
         groups = param_groups(model, cfg.optim)
         client = optimizer or (None if "optimizer" in self.config else (lambda _: build_optimizer(model, cfg.optim)))
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model, model_parameters=groups, optimizer=client, config=copy.deepcopy(self.config),
             lr_scheduler=lambda opt: build_scheduler(opt, cfg.optim, total_steps), dist_init_required=False)
         self.stage = self.engine.zero_optimization_stage()
-        if cfg.optim.clip_mode == "per_loss" and dist.is_main:
+        _safe_checkpoint_engine(self.engine)
+        if cfg.optim.clip_mode in ("per_loss", "balanced") and dist.is_main:
             log.info("DeepSpeed clips the total gradient (gradient_clipping=%s), not each loss term",
                      self.config["gradient_clipping"])
 
@@ -197,10 +228,41 @@ class DeepSpeedStrategy:
         self.engine.save_checkpoint(str(directory), tag=self.TAG, save_latest=False)
 
     def load(self, directory: Path) -> None:
+        """Every rank reads its partitions, through the safe checkpoint engine (nothing there runs code)."""
         path, _ = self.engine.load_checkpoint(str(directory), tag=self.TAG, load_optimizer_states=True,
                                               load_lr_scheduler_states=True)
         if path is None:
             raise FileNotFoundError(f"{directory}: no DeepSpeed state under {self.TAG}/ (saved by another strategy?)")
+
+
+def deepspeed_state_classes() -> tuple:
+    """The plain data classes DeepSpeed's own checkpoint files hold (ZeRO 0-3): allowed by the safe load."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address
+
+
+def _safe_checkpoint_engine(engine) -> None:
+    """Swap the engine's checkpoint engine (whose ``load`` is ``torch.load(weights_only=False)``) for one that
+    loads with ``weights_only=True`` and DeepSpeed's data classes only; refuse configurations that read
+    checkpoint files some other way (universal checkpoints, other checkpoint writers)."""
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+    if engine.load_universal_checkpoint():
+        raise ValueError("train.deepspeed_config: checkpoint.load_universal is not supported (DeepSpeed reads "
+                         "universal checkpoints with pickle); remove it")
+    if type(engine.checkpoint_engine) is not TorchCheckpointEngine:
+        raise ValueError(f"train.deepspeed_config: checkpoint engine {type(engine.checkpoint_engine).__name__} "
+                         "loads with pickle; remove checkpoint.writer (cafe uses DeepSpeed's torch engine)")
+    allowed = deepspeed_state_classes()
+
+    class SafeTorchCheckpointEngine(type(engine.checkpoint_engine)):
+        def load(self, path: str, map_location=None):
+            return safe_load(path, map_location=map_location, allowed=allowed)
+
+    engine.checkpoint_engine.__class__ = SafeTorchCheckpointEngine
 
 
 Strategy = DDPStrategy | DeepSpeedStrategy

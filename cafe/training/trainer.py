@@ -15,6 +15,7 @@ weighted term runs its forward and backward; the strategy (``cafe.training.strat
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
@@ -40,6 +41,9 @@ from cafe.objective import combine
 from cafe.training import checkpoint as ckpt
 from cafe.training.step import loss_terms
 from cafe.training.strategy import Strategy, build_strategy
+from cafe.training.validation import val_loader, validation_loss
+
+logger = logging.getLogger(__name__)
 
 
 def inject_fault(step: int, dist: DistEnv) -> None:
@@ -58,13 +62,15 @@ def seed_everything(seed: int) -> None:
 
 
 class Trainer:
-    """Fits a model on samples, writing checkpoints and a JSONL step log under ``cfg.output``."""
+    """Fits a model on samples, writing checkpoints and a JSONL step log under ``cfg.output``, and with
+    ``train.eval_every`` the validation loss (in the step log and in ``val_loss.json``, a DVC plot)."""
 
     def __init__(self, cfg: TrainConfig, params: Params, dist: DistEnv, progress: bool = True):
         self.cfg, self.params, self.dist = cfg, params, dist
         self.out = Path(cfg.output)
         self.ckpt_root = self.out / "checkpoints"
         self.log_path = self.out / "train_log.jsonl"
+        self.plot_path = self.out / "val_loss.json"
         self.progress = progress and dist.is_main
         # the durable copy of the checkpoints; the local folder is then a cache a new pod may not have
         self.store = ckpt.StoreCheckpoints(cfg.checkpoint_store) if cfg.checkpoint_store else None
@@ -86,6 +92,7 @@ class Trainer:
             self._fetch_from_store()
         latest = ckpt.latest_checkpoint(self.ckpt_root) if resume else None
         if latest is not None:
+            ckpt.check_weights(latest)
             return load_adapter(latest, self.params.prompts, self.params.model), latest
         if callable(init):
             return init(), None
@@ -108,8 +115,8 @@ class Trainer:
             if self.dist.is_main:
                 adapter.save_pretrained(staged)
         if self.dist.is_main:
-            torch.save({"step": step, "strategy": strategy.name, "world_size": self.dist.world_size, "seed": self.cfg.seed,
-                        "global_batch": self.cfg.batch_size * self.dist.world_size}, staged / "trainer_state.pt")
+            ckpt.write_trainer_state(staged, {"step": step, "strategy": strategy.name, "world_size": self.dist.world_size,
+                                              "seed": self.cfg.seed, "global_batch": self.cfg.batch_size * self.dist.world_size})
             save_params(self.params, staged / "params.yaml")
         barrier()
         if self.store is not None and self.dist.local_rank == 0:
@@ -126,7 +133,7 @@ class Trainer:
         return final
 
     def _restore(self, path: Path, strategy: Strategy) -> int:
-        state = torch.load(path / "trainer_state.pt", map_location=self.dist.device, weights_only=False)
+        state = ckpt.read_trainer_state(path)
         global_batch = self.cfg.batch_size * self.dist.world_size
         if (state["global_batch"], state["seed"]) != (global_batch, self.cfg.seed):
             raise ValueError(
@@ -138,20 +145,70 @@ class Trainer:
         strategy.load(path)
         rng_file = path / f"rng_state_{self.dist.rank}.pt"
         if rng_file.exists():  # absent when resuming with more ranks than were saved
-            ckpt.set_rng_state(torch.load(rng_file, weights_only=False))
+            ckpt.set_rng_state(ckpt.load_rng_state(rng_file))
         if self.dist.is_main and self.log_path.exists():
             kept = [line for line in self.log_path.read_text().splitlines()
                     if line.strip() and json.loads(line)["step"] <= state["step"]]
             self.log_path.write_text("".join(line + "\n" for line in kept))
         return int(state["step"])
 
+    # ----------------------------------------------------------------- logging
+    def _val_loader(self, val: Dataset | list[Sample] | None):
+        """The validation batches when ``train.eval_every`` is on and a split is given, else None (said once)."""
+        if not self.cfg.eval_every:
+            return None
+        if val is None:
+            logger.warning("train.eval_every=%d but no validation data was given: no validation loss",
+                           self.cfg.eval_every)
+            return None
+        loader = val_loader(SampleDataset(val) if isinstance(val, list) else val, self.cfg, self.dist)
+        if loader is None:
+            logger.warning("the validation split has %d samples, fewer than the %d processes: no validation loss",
+                        len(val), self.dist.world_size)
+        return loader
+
+    def _log(self, record: dict, log_file, bar, shown: dict[str, str], show: bool) -> dict[str, str]:
+        """Everything a step reports, in one place: the JSONL step log, the progress bar, and on a step with
+        a validation loss the DVC plot file ``val_loss.json`` (all validation records so far, with the mean
+        training loss since the previous one). Returns the progress bar's fields."""
+        if log_file is not None:
+            log_file.write(json.dumps(record) + "\n")
+            log_file.flush()
+            if "val_loss" in record:
+                self._write_plot()
+        bar.update(1)
+        if "val_loss" in record:
+            shown = shown | {"val": f"{record['val_loss']:.3f}"}
+        if show or "val_loss" in record:
+            bar.set_postfix({k.removeprefix("loss_"): f"{v:.3f}" for k, v in record.items() if k.startswith("loss_")}
+                            | {"samples/s": f"{record['samples_per_s']:.0f}"} | shown)
+        return shown
+
+    def _write_plot(self) -> None:
+        rows, train = [], []
+        for line in self.log_path.read_text().splitlines():
+            if not line.strip():
+                continue
+            r = json.loads(line)
+            train.append(r["loss"])
+            if "val_loss" in r:
+                rows.append({"step": r["step"], "train_loss": sum(train) / len(train),
+                             **{k: v for k, v in r.items() if k.startswith("val_loss")}})
+                train = []
+        staged = self.plot_path.with_suffix(".json.tmp")
+        staged.write_text(json.dumps(rows, indent=1))
+        staged.replace(self.plot_path)
+
     # ----------------------------------------------------------------- loop
     def fit(self, data: Dataset | list[Sample], init: str | Path | Callable[[], VLMAdapter], resume: bool = True,
-            stop_after: int | None = None) -> Path:
+            stop_after: int | None = None, val: Dataset | list[Sample] | None = None) -> Path:
         """Train and return the directory of the final model (``<output>/model``).
 
         ``data`` is a map-style dataset of ``(Sample, PIL image)`` items (a list of samples is wrapped in
         :class:`SampleDataset`); the global batch sampler decides which indices each rank reads at each step.
+
+        ``val`` (the same kind of dataset, e.g. ``pairs_dataset(params, "val")``) gives the validation loss
+        every ``train.eval_every`` steps and after the last step (``cafe.training.validation``).
 
         ``stop_after`` ends the run early after that many steps (with a checkpoint), as an interruption would.
         """
@@ -174,13 +231,16 @@ class Trainer:
                                      start_step=step, total_steps=total)
         loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
                             num_workers=cfg.num_workers, persistent_workers=False)
+        validate = self._val_loader(val)
         bar = tqdm(total=total, initial=step, desc="train", disable=not self.progress, dynamic_ncols=True,
                    mininterval=1.0)
         log = self.log_path.open("a") if dist.is_main else None
         last = time.perf_counter()
         stop_at = min(total, step + stop_after) if stop_after else total
+        shown: dict[str, str] = {}
         try:
             for batch in loader:
+                cut = adapter.truncated_texts
                 losses, norms = strategy.step(loss_terms(adapter, batch, cfg, strategy.backward))
                 weighted = combine(losses, cfg.objective)
                 step += 1
@@ -192,14 +252,13 @@ class Trainer:
                           **{f"loss_{k}": float(v) for k, v in losses.items()},
                           **{f"grad_norm_{k}": v for k, v in norms.items()},
                           "lr": strategy.lr, "samples_per_s": rate,
+                          "truncated_texts": adapter.truncated_texts - cut,
                           "attempt": dist.attempt}
-                if log is not None:
-                    log.write(json.dumps(record) + "\n")
-                    log.flush()
-                bar.update(1)
-                if step % max(1, cfg.log_every) == 0 or step == total:
-                    bar.set_postfix({k.removeprefix("loss_"): f"{v:.3f}" for k, v in record.items()
-                                     if k.startswith("loss_")} | {"samples/s": f"{rate:.0f}"})
+                if validate is not None and (step % cfg.eval_every == 0 or step == total):
+                    record |= validation_loss(adapter, validate, cfg, getattr(strategy, "autocast", None))
+                    record["val_seconds"] = time.perf_counter() - now
+                    last = time.perf_counter()  # the next step's rate leaves the validation out
+                shown = self._log(record, log, bar, shown, show=step % max(1, cfg.log_every) == 0 or step == total)
                 inject_fault(step, dist)
                 if not math.isfinite(record["loss"]):
                     raise FloatingPointError(f"step {step}: loss is {record['loss']}; lower the learning rate")
