@@ -316,7 +316,7 @@ def test_every_parameter_is_described_and_the_cluster_config_defaults_to_the_obj
         out = tmp_path / f"{name}.yaml"
         result = CliRunner().invoke(app, ["pipeline", "compile", "--pipeline", name, "-o", str(out)])
         assert result.exit_code == 0, result.output
-        inputs = yaml.safe_load(out.read_text())["root"]["inputDefinitions"]["parameters"]
+        inputs = next(yaml.safe_load_all(out.read_text()))["root"]["inputDefinitions"]["parameters"]
         undescribed = [k for k, v in inputs.items() if not v.get("description")]
         assert not undescribed, (name, undescribed)
 
