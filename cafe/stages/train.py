@@ -24,7 +24,8 @@ def train(p: Params, data: str | None = None, base_model: str | Path | Callable 
         p = p.model_copy(update={"train": p.train.model_copy(update=update)})
     dist = dist or init_distributed(p.train.backend)
     init = base_model if callable(base_model) else p.train.base_model
-    model = Trainer(p.train, p, dist, progress=progress).fit(pairs_dataset(p), init, resume=resume)
+    val = pairs_dataset(p, "val") if p.train.eval_every else None  # the validation loss (train.eval_every)
+    model = Trainer(p.train, p, dist, progress=progress).fit(pairs_dataset(p), init, resume=resume, val=val)
     if dist.is_main:
         write_plots(Path(p.train.output))
     return model
