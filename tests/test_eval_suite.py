@@ -134,3 +134,34 @@ def test_report_shows_the_invalid_answer_rates_and_which_metrics_are_lower_is_be
     assert "| MMStar-format | mmstar_invalid_rate |" in section and "| 0.000 | 1.000 |" in section
     assert "| POPE | pope_invalid_rate |" in section and "caption_empty_rate" not in section
     assert "Lower is better for mmstar_invalid_rate, pope_invalid_rate;" in text
+
+
+def test_report_opens_with_a_headline_of_intervals_and_gate_verdicts_then_example_replies(tmp_path):
+    from cafe.evaluation.report import write_report
+
+    runs = {}
+    for name, correct in (("base", [1] * 30 + [0] * 10), ("cafe", [1] * 10 + [0] * 30)):
+        folder = tmp_path / name
+        folder.mkdir()
+        items = PerItem()
+        items.add("mmstar", {"categories": ["all"]}, correct=np.array(correct, dtype=np.int8),
+                  category=np.zeros(40, dtype=np.int16), valid=np.ones(40, dtype=np.int8))
+        items.save(folder / "per_item.npz")
+        (folder / "metrics.json").write_text(json.dumps(items.metrics()))
+        replies = [{"id": i, "part": "mmstar", "image": "x.png", "prompt": "Q?\nOptions: A: x, B: y", "reply": r,
+                    "parsed": r, "correct": r == "A"} for i, r in enumerate(["A", "B", "A"])]
+        (folder / "replies.jsonl").write_text("".join(json.dumps(r) + "\n" for r in replies))
+        runs[name] = folder
+    md, page = write_report(runs, tmp_path / "cafe")
+    text = md.read_text()
+    assert text.index("## Headline") < text.index("## Metrics")
+    row = next(line for line in text.splitlines() if line.startswith("| understanding | mmstar_accuracy |"))
+    lo, hi = map(float, row.split("[")[1].split("]")[0].split(", "))  # bootstrap of the per-item results
+    assert lo < 0.25 < hi and "| -0.500 | — |" in row
+    examples = text.split("## Example replies")[1].splitlines()
+    assert examples[3].startswith("| mmstar | x.png | Q? | B |") and "| wrong |" in examples[3]
+    (tmp_path / "cafe" / "gate.json").write_text(json.dumps({"passed": False, "intervals": {}, "checks": [
+        {"metric": "mmstar_accuracy", "kind": "regression", "value": 0.25, "ci": None, "threshold": 0.1,
+         "passed": False, "message": "x"}]}))
+    _, page = write_report(runs, tmp_path / "cafe")
+    assert "<tr class='fail'><td>understanding</td><td>mmstar_accuracy</td>" in page.read_text()
