@@ -44,6 +44,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after 30 s: a server started by a test, stopped by its pid."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def _b64(path) -> str:
     buf = io.BytesIO()
     Image.open(path).convert("RGB").save(buf, format="PNG")
@@ -104,12 +114,7 @@ def test_serve_endpoints_traffic_log_and_feedback(world, params, model_dir, tmp_
         assert fb.status_code == 200, fb.text
         assert httpx.post(f"{base}/v1/feedback", json={"chosen": "x"}).status_code == 400
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
     window = TrafficLog(tmp_path / "traffic").read_window()
     kinds = [r["kind"] for r in window.records]

@@ -10,11 +10,8 @@ import base64
 import io
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -24,17 +21,13 @@ from PIL import Image
 
 from cafe.config import Params
 from cafe.serving.traffic import TrafficLog
+from cafe.stages.smoke import _free_port, _wait_ready
 from tests.conftest import SMALL_MODEL, make_adapter
+from tests.test_serving import stop
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_BODY = 400_000
 MAX_PIXELS = 1_000_000
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _png_b64(img: Image.Image) -> str:
@@ -74,26 +67,12 @@ def server(world, tmp_path_factory):
     proc = subprocess.Popen(cmd, env=env, cwd=tmp, stdout=log, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 240
-        while True:
-            assert proc.poll() is None, (tmp / "server.log").read_text()[-5000:]
-            try:
-                if httpx.get(f"{base}/v2/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.time() < deadline, "server did not become ready"
-            time.sleep(0.5)
+        _wait_ready(proc, base, 240, tmp / "server.log")
         with Image.open(world / "eval" / "images" / "ret000003.png") as img:
             image = _png_b64(img.convert("RGB"))
         yield Server(base, tmp / "traffic", proc, image, adapter)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         log.close()
 
 

@@ -27,13 +27,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from cafe.contract import check_contract
+from cafe.registry import RECORD_FILE, sha256_file
 from cafe.storage import ObjectStore, join, open_store
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 # the files of a model folder that decide its embeddings (weights, and how inputs become tokens and pixels)
 EMBEDDING_FILES = ("config.json", "processor_config.json", "preprocessor_config.json", "tokenizer.json",
                    "tokenizer_config.json", "chat_template.jinja", "adapter_config.json", "cafe_tuning.json")
-RECORD_FILE = "registry_record.json"
 
 
 def gallery_items(path: str | Path) -> list[tuple[str, str]]:
@@ -70,14 +70,6 @@ def files_digest(files: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(chosen).encode()).hexdigest()[:16]
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def weights_digest(model_dir: str | Path) -> str:
     """Digest of the served weights: from the sha256s a registry pull verified, else by hashing the files; a
     LoRA folder includes its base model's digest."""
@@ -86,7 +78,7 @@ def weights_digest(model_dir: str | Path) -> str:
     if record.is_file():
         files = {rel: meta["sha256"] for rel, meta in json.loads(record.read_text())["files"].items()}
     else:
-        files = {p.relative_to(model_dir).as_posix(): _sha256(p) for p in sorted(model_dir.rglob("*"))
+        files = {p.relative_to(model_dir).as_posix(): sha256_file(p) for p in sorted(model_dir.rglob("*"))
                  if p.is_file() and _decides_embeddings(p.relative_to(model_dir).as_posix())}
     own = files_digest(files)
     tuning = model_dir / "cafe_tuning.json"
