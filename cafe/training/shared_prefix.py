@@ -61,6 +61,8 @@ def fallback_reason(adapter: VLMAdapter, cfg: TrainConfig, backward: Backward) -
                 "3-D rotary positions, is not 1-D)")
     if cfg.objective.alpha_lm <= 0 or cfg.objective.alpha_con <= 0:
         return "only one objective is on: nothing to share"
+    if cfg.objective.lm_average != "token":
+        return "per-sample language-loss averaging (objective.lm_average) is not packed yet"
     if cfg.grad_cache_chunk > 0 and cfg.optim.clip_mode == "per_loss" and backward is plain_backward:
         return "gradient caching with per-loss clipping needs each term's gradient apart"
     return None

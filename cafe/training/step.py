@@ -4,7 +4,8 @@ Running each term's forward and backward together (rather than building every gr
 term's graph alive at a time, lets the optimizer clip each term's gradient on its own, and makes
 gradient caching possible:
 
-- ``lm``: next-token loss on the answers, the mean over the global batch's answer tokens; computed in
+- ``lm``: next-token loss on the answers, the mean over the global batch's answer tokens
+  (``objective.lm_average: token``) or over its samples of each sample's token mean (``sample``); computed in
   chunks of ``train.grad_cache_chunk`` samples when set, each chunk back-propagated at once.
 - ``con``: symmetric InfoNCE over the global batch. Without caching, embeddings keep their graph and are
   gathered across ranks with gradient. With ``train.grad_cache_chunk`` (gradient caching, Gao et al. 2021):
@@ -60,17 +61,32 @@ def _replay(state: tuple, device: torch.device):
         yield
 
 
-def lm_term(adapter: VLMAdapter, batch: dict, alpha: float, chunk: int, backward: Backward = plain_backward) -> Term:
+def token_weights(targets: torch.Tensor, average: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights of the labelled next-token targets (in ``targets[targets != IGNORE_INDEX]`` order) and the
+    local count they are normalised by: per token, every token 1 over the answer tokens; per sample, each
+    token 1 / its sample's answer length, over the samples that have an answer."""
+    keep = targets != IGNORE_INDEX
+    if average == "token":
+        return torch.ones(int(keep.sum()), device=targets.device), keep.sum()
+    if average != "sample":
+        raise ValueError(f"lm_average must be 'token' or 'sample', got {average!r}")
+    per_row = keep.sum(dim=1, keepdim=True)
+    weights = (1.0 / per_row.clamp(min=1)).expand_as(keep)[keep]
+    return weights, (per_row > 0).sum()
+
+
+def lm_term(adapter: VLMAdapter, batch: dict, alpha: float, chunk: int, backward: Backward = plain_backward,
+            average: str = "token") -> Term:
     def run() -> torch.Tensor:
         parts = [adapter.lm_inputs(batch["images"][lo:hi], batch["prompts"][lo:hi], batch["answers"][lo:hi])
                  for lo, hi in _spans(len(batch["images"]), chunk)]
-        local = sum((p["labels"][:, 1:] != IGNORE_INDEX).sum() for p in parts)
-        counts = gather(local[None])
+        weights = [token_weights(p["labels"][:, 1:], average) for p in parts]
+        counts = gather(sum(n for _, n in weights)[None])
         # gradients are averaged across ranks afterwards, hence the world-size factor
         scale = len(counts) / counts.sum()
         total = torch.zeros((), device=adapter.device)
-        for inputs in parts:
-            loss = adapter.lm_loss(inputs, reduction="sum") * scale
+        for inputs, (w, _) in zip(parts, weights):
+            loss = (adapter.lm_loss(inputs, reduction="none") * w).sum() * scale
             backward(alpha * loss)
             total += loss.detach()
         return total
@@ -135,7 +151,8 @@ def loss_terms(adapter: VLMAdapter, batch: dict, cfg: TrainConfig,
         shared_prefix.warn_fallback(reason)
     terms: dict[str, Term] = {}
     if cfg.objective.alpha_lm > 0:
-        terms["lm"] = lm_term(adapter, batch, cfg.objective.alpha_lm, cfg.grad_cache_chunk, backward)
+        terms["lm"] = lm_term(adapter, batch, cfg.objective.alpha_lm, cfg.grad_cache_chunk, backward,
+                              cfg.objective.lm_average)
     if cfg.objective.alpha_con > 0:
         terms["con"] = contrastive_term(adapter, batch, cfg, backward)
     if not terms:
