@@ -43,7 +43,11 @@ def info_nce(image: torch.Tensor, text: torch.Tensor, temperature: float,
     return total if directions == "sum" else total / 2
 
 
-def combine(losses: dict[str, torch.Tensor], cfg: ObjectiveConfig) -> dict[str, torch.Tensor]:
-    """Weighted terms of Eq. 3, keyed like ``losses`` ("lm", "con"); absent terms are skipped."""
+def combine(losses: dict[str, torch.Tensor], cfg: ObjectiveConfig,
+            scales: dict[str, float] | None = None) -> dict[str, torch.Tensor]:
+    """Weighted terms of Eq. 3, keyed like ``losses`` ("lm", "con"); absent terms are skipped. ``scales``:
+    a loss balance's factors per term (``optim.clip_mode: balanced``), multiplied into the weights. The one
+    place the weights are applied: every backward of a step goes through here (``Terms.weighted``)."""
     weights = {"lm": cfg.alpha_lm, "con": cfg.alpha_con}
-    return {name: weights[name] * value for name, value in losses.items()}
+    scales = scales or {}
+    return {name: weights[name] * scales.get(name, 1.0) * value for name, value in losses.items()}

@@ -85,7 +85,7 @@ def test_file_uri_is_a_local_folder(tmp_path):
 
 
 def test_s3_large_file_goes_up_in_parts(s3_server, s3_uri, tmp_path):
-    from cafe.storage_s3 import MiB, S3Store
+    from cafe.storage.s3 import MiB, S3Store
 
     store = S3Store.from_uri(s3_uri, part_size=5 * MiB)
     big = tmp_path / "big.bin"
@@ -102,7 +102,7 @@ def test_s3_errors_name_the_bucket_and_what_to_do(s3_server):
         open_store("s3://no-such-bucket/x").put_bytes("k", b"v")
     from minio import Minio
 
-    from cafe.storage_s3 import S3Store
+    from cafe.storage.s3 import S3Store
 
     # nothing listens on the discard port; no retries, so the test does not wait out the SDK's backoff
     client = Minio("127.0.0.1:9", secure=False, region="us-east-1", http_client=urllib3.PoolManager(retries=False))

@@ -8,10 +8,11 @@ from collections import Counter
 import pytest
 import torch
 
-from cafe.config import ReplayConfig
+from cafe.config import ObjectiveConfig, ReplayConfig
 from cafe.data.replay import ReplayDataset
 from cafe.training.probes import invalid_choice, invalid_pope, invalid_rates, roc_auc
-from cafe.training.step import lm_term, token_weights
+from cafe.training.step import lm_term
+from cafe.training.terms import Terms, token_weights
 from tests.conftest import pairs
 
 
@@ -38,8 +39,11 @@ def test_per_sample_lm_loss_is_the_mean_of_sample_means(adapter, params, chunk):
     with torch.no_grad():
         each = [adapter.lm_loss(adapter.lm_inputs([i], [p], [a])) for i, p, a in zip(images, prompts, answers)]
         tokens = adapter.lm_loss(adapter.lm_inputs(images, prompts, answers))
-    sample = lm_term(adapter, batch, 1.0, chunk, backward=lambda t: None, average="sample")()
-    token = lm_term(adapter, batch, 1.0, chunk, backward=lambda t: None, average="token")()
+    def term(average: str) -> float:
+        terms = Terms(ObjectiveConfig(alpha_lm=1.0, lm_average=average), separate=True)
+        return lm_term(adapter, batch, terms, chunk, backward=lambda t: None)()
+
+    sample, token = term("sample"), term("token")
     assert sample.item() == pytest.approx(torch.stack(each).mean().item(), rel=1e-4)
     assert token.item() == pytest.approx(tokens.item(), rel=1e-4)
     assert abs(sample.item() - token.item()) > 1e-3  # the answers differ in length: the two must differ

@@ -105,9 +105,9 @@ def filesystem(folder: str) -> tuple[pafs.FileSystem, str]:
     """A pyarrow filesystem and the path inside it for a local folder or an ``s3://`` URI."""
     if not folder.startswith("s3://"):
         return pafs.LocalFileSystem(), os.path.abspath(folder)
-    from cafe.storage_s3 import _endpoint_from_env
+    from cafe.storage.s3 import endpoint_from_env
 
-    host, secure = _endpoint_from_env()
+    host, secure = endpoint_from_env()
     fs = pafs.S3FileSystem(access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
                            secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
                            region=os.environ.get("AWS_REGION", "us-east-1"), endpoint_override=host,

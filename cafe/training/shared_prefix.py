@@ -40,7 +40,7 @@ from cafe.config import TrainConfig
 from cafe.distributed import gather, gather_with_grad
 from cafe.models.adapter import IGNORE_INDEX, VLMAdapter
 from cafe.objective import caption_ids, info_nce
-from cafe.training.step import Backward, Term, _replay, _rng_snapshot, _spans, plain_backward
+from cafe.training.terms import Backward, Terms, plain_backward, replay, rng_snapshot, spans
 
 log = logging.getLogger(__name__)
 
@@ -165,19 +165,19 @@ def packed_forward(adapter: VLMAdapter, packed: dict) -> tuple[torch.Tensor, tor
 
 
 def shared_prefix_terms(adapter: VLMAdapter, batch: dict, cfg: TrainConfig,
-                        backward: Backward = plain_backward) -> dict[str, Term]:
+                        backward: Backward = plain_backward) -> Terms:
     """The "lm" and "con" terms of ``cafe.training.step`` computed from one packed forward per chunk."""
     obj = cfg.objective
     images, captions = batch["images"], batch["captions"]
     if any(c is None for c in captions):
         raise ValueError("alpha_con > 0 needs captions: train on repurposed pairs, not instruction records")
     select_attention(adapter)
-    spans = _spans(len(images), cfg.grad_cache_chunk)
-    packs = [pack(adapter, images[lo:hi], batch["prompts"][lo:hi], batch["answers"][lo:hi]) for lo, hi in spans]
+    chunks = spans(len(images), cfg.grad_cache_chunk)
+    packs = [pack(adapter, images[lo:hi], batch["prompts"][lo:hi], batch["answers"][lo:hi]) for lo, hi in chunks]
     local = sum((p["targets"] != IGNORE_INDEX).sum() for p in packs)
     counts = gather(local[None])
     scale = len(counts) / counts.sum()  # gradients are averaged across ranks afterwards
-    separate = cfg.optim.clip_mode == "per_loss" and backward is plain_backward
+    terms = Terms(obj, separate=cfg.optim.clip_mode == "per_loss" and backward is plain_backward)
     state: dict[str, torch.Tensor] = {}
 
     def text_embed(lo: int, hi: int) -> torch.Tensor:
@@ -190,46 +190,49 @@ def shared_prefix_terms(adapter: VLMAdapter, batch: dict, cfg: TrainConfig,
     def direct_lm() -> torch.Tensor:
         lm, image = packed_forward(adapter, packs[0])
         lm = lm * scale
-        if separate:  # the image embeddings' graph stays for the contrastive term's backward
-            (obj.alpha_lm * lm).backward(retain_graph=True)
+        if terms.separate:  # the image embeddings' graph stays for the contrastive term's backward
+            terms.weighted(lm=lm).backward(retain_graph=True)
             state["image"] = image
         else:
             con = loss_of(image, text_embed(0, len(images)))
-            backward(obj.alpha_lm * lm + obj.alpha_con * con)
+            backward(terms.weighted(lm=lm, con=con))
             state["con"] = con.detach()
         return lm.detach()
 
     def direct_con() -> torch.Tensor:
-        if not separate:
+        if "image" not in state:
             return state.pop("con")
         con = loss_of(state.pop("image"), text_embed(0, len(images)))
-        backward(obj.alpha_con * con)
+        backward(terms.weighted(con=con))
         return con.detach()
 
     def cached_lm() -> torch.Tensor:
         device = adapter.device
         states, image_parts, text_parts = [], [], []
         with torch.no_grad():
-            for (lo, hi), packed in zip(spans, packs):
-                states.append(_rng_snapshot(device))
+            for (lo, hi), packed in zip(chunks, packs):
+                states.append(rng_snapshot(device))
                 image_parts.append(packed_forward(adapter, packed)[1])
                 text_parts.append(text_embed(lo, hi))
         image = torch.cat(image_parts).requires_grad_()
         text = torch.cat(text_parts).requires_grad_()
         con = loss_of(image, text)
-        (obj.alpha_con * con).backward()  # detached leaves: a plain autograd call
+        terms.weighted(con=con).backward()  # detached leaves: a plain autograd call
         state["con"] = con.detach()
         total = torch.zeros((), device=device)
-        for (lo, hi), packed, rng in zip(spans, packs, states):
-            with _replay(rng, device):
+        for (lo, hi), packed, rng in zip(chunks, packs, states):
+            with replay(rng, device):
                 lm, image_chunk = packed_forward(adapter, packed)
                 text_chunk = text_embed(lo, hi)
             lm = lm * scale
             surrogate = (image_chunk * image.grad[lo:hi]).sum() + (text_chunk * text.grad[lo:hi]).sum()
-            backward(obj.alpha_lm * lm + surrogate)
+            backward(terms.weighted(lm=lm) + surrogate)
             total += lm.detach()
         return total
 
-    if len(spans) > 1:
-        return {"lm": cached_lm, "con": lambda: state.pop("con")}
-    return {"lm": direct_lm, "con": direct_con}
+    if len(chunks) > 1:
+        terms.separate = False
+        terms.update(lm=cached_lm, con=lambda: state.pop("con"))
+    else:
+        terms.update(lm=direct_lm, con=direct_con)
+    return terms

@@ -24,70 +24,31 @@ the cached path exact under ZeRO-2/3: the engine reduces (and partitions) its gr
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
 from cafe.config import TrainConfig
 from cafe.distributed import gather, gather_with_grad
-from cafe.models.adapter import IGNORE_INDEX, VLMAdapter
+from cafe.models.adapter import VLMAdapter
 from cafe.objective import caption_ids, info_nce
-
-Term = Callable[[], torch.Tensor]  # runs forward + backward of one weighted term; returns the unweighted loss
-Backward = Callable[[torch.Tensor], None]  # back-propagates a scalar
-
-
-def plain_backward(tensor: torch.Tensor) -> None:
-    tensor.backward()
+from cafe.training import shared_prefix
+from cafe.training.terms import Backward, Term, Terms, plain_backward, replay, rng_snapshot, token_weights
+from cafe.training.terms import spans as _spans
 
 
-def _spans(n: int, chunk: int) -> list[tuple[int, int]]:
-    size = chunk if 0 < chunk < n else n
-    return [(lo, min(lo + size, n)) for lo in range(0, n, size)]
-
-
-def _rng_snapshot(device: torch.device) -> tuple:
-    return torch.get_rng_state(), (torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
-
-
-@contextmanager
-def _replay(state: tuple, device: torch.device):
-    """Run the block under a recorded RNG state, leaving the outer RNG stream untouched."""
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.set_rng_state(state[0])
-        if state[1] is not None:
-            torch.cuda.set_rng_state(state[1], device)
-        yield
-
-
-def token_weights(targets: torch.Tensor, average: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weights of the labelled next-token targets (in ``targets[targets != IGNORE_INDEX]`` order) and the
-    local count they are normalised by: per token, every token 1 over the answer tokens; per sample, each
-    token 1 / its sample's answer length, over the samples that have an answer."""
-    keep = targets != IGNORE_INDEX
-    if average == "token":
-        return torch.ones(int(keep.sum()), device=targets.device), keep.sum()
-    if average != "sample":
-        raise ValueError(f"lm_average must be 'token' or 'sample', got {average!r}")
-    per_row = keep.sum(dim=1, keepdim=True)
-    weights = (1.0 / per_row.clamp(min=1)).expand_as(keep)[keep]
-    return weights, (per_row > 0).sum()
-
-
-def lm_term(adapter: VLMAdapter, batch: dict, alpha: float, chunk: int, backward: Backward = plain_backward,
-            average: str = "token") -> Term:
+def lm_term(adapter: VLMAdapter, batch: dict, terms: Terms, chunk: int, backward: Backward = plain_backward) -> Term:
     def run() -> torch.Tensor:
         parts = [adapter.lm_inputs(batch["images"][lo:hi], batch["prompts"][lo:hi], batch["answers"][lo:hi])
                  for lo, hi in _spans(len(batch["images"]), chunk)]
-        weights = [token_weights(p["labels"][:, 1:], average) for p in parts]
+        weights = [token_weights(p["labels"][:, 1:], terms.objective.lm_average) for p in parts]
         counts = gather(sum(n for _, n in weights)[None])
         # gradients are averaged across ranks afterwards, hence the world-size factor
         scale = len(counts) / counts.sum()
         total = torch.zeros((), device=adapter.device)
         for inputs, (w, _) in zip(parts, weights):
             loss = (adapter.lm_loss(inputs, reduction="none") * w).sum() * scale
-            backward(alpha * loss)
+            backward(terms.weighted(lm=loss))
             total += loss.detach()
         return total
     return run
@@ -97,7 +58,8 @@ def _embed_pair(adapter: VLMAdapter, images: Sequence, captions: Sequence[str]) 
     return adapter.embed(adapter.image_embed_inputs(images)), adapter.embed(adapter.text_embed_inputs(captions))
 
 
-def contrastive_term(adapter: VLMAdapter, batch: dict, cfg: TrainConfig, backward: Backward = plain_backward) -> Term:
+def contrastive_term(adapter: VLMAdapter, batch: dict, cfg: TrainConfig, terms: Terms,
+                     backward: Backward = plain_backward) -> Term:
     obj = cfg.objective
     images, captions = batch["images"], batch["captions"]
     if any(c is None for c in captions):
@@ -110,7 +72,7 @@ def contrastive_term(adapter: VLMAdapter, batch: dict, cfg: TrainConfig, backwar
 
     def direct() -> torch.Tensor:
         loss = loss_of(*_embed_pair(adapter, images, captions))
-        backward(obj.alpha_con * loss)
+        backward(terms.weighted(con=loss))
         return loss.detach()
 
     def cached() -> torch.Tensor:
@@ -118,7 +80,7 @@ def contrastive_term(adapter: VLMAdapter, batch: dict, cfg: TrainConfig, backwar
         states, image_parts, text_parts = [], [], []
         with torch.no_grad():
             for lo, hi in spans:
-                states.append(_rng_snapshot(device))
+                states.append(rng_snapshot(device))
                 image, text = _embed_pair(adapter, images[lo:hi], captions[lo:hi])
                 image_parts.append(image)
                 text_parts.append(text)
@@ -126,9 +88,9 @@ def contrastive_term(adapter: VLMAdapter, batch: dict, cfg: TrainConfig, backwar
         text = torch.cat(text_parts).requires_grad_()
         loss = loss_of(image, text)
         # on detached leaves: no parameter takes part, so this stays a plain autograd call
-        (obj.alpha_con * loss).backward()
+        terms.weighted(con=loss).backward()
         for (lo, hi), state in zip(spans, states):
-            with _replay(state, device):
+            with replay(state, device):
                 image_chunk, text_chunk = _embed_pair(adapter, images[lo:hi], captions[lo:hi])
             surrogate = (image_chunk * image.grad[lo:hi]).sum() + (text_chunk * text.grad[lo:hi]).sum()
             backward(surrogate)
@@ -138,23 +100,20 @@ def contrastive_term(adapter: VLMAdapter, batch: dict, cfg: TrainConfig, backwar
 
 
 def loss_terms(adapter: VLMAdapter, batch: dict, cfg: TrainConfig,
-               backward: Backward = plain_backward) -> dict[str, Term]:
+               backward: Backward = plain_backward) -> Terms:
     """The step's terms: "lm" when alpha_lm > 0, "con" when alpha_con > 0; each back-propagates through
     ``backward``. With ``train.step: shared_prefix`` both come from one packed forward
     (``cafe.training.shared_prefix``) unless the model or settings cannot be packed exactly (logged)."""
     if cfg.step == "shared_prefix":
-        from cafe.training import shared_prefix
-
         reason = shared_prefix.fallback_reason(adapter, cfg, backward)
         if reason is None:
             return shared_prefix.shared_prefix_terms(adapter, batch, cfg, backward)
         shared_prefix.warn_fallback(reason)
-    terms: dict[str, Term] = {}
+    terms = Terms(cfg.objective, separate=True)
     if cfg.objective.alpha_lm > 0:
-        terms["lm"] = lm_term(adapter, batch, cfg.objective.alpha_lm, cfg.grad_cache_chunk, backward,
-                              cfg.objective.lm_average)
+        terms["lm"] = lm_term(adapter, batch, terms, cfg.grad_cache_chunk, backward)
     if cfg.objective.alpha_con > 0:
-        terms["con"] = contrastive_term(adapter, batch, cfg, backward)
+        terms["con"] = contrastive_term(adapter, batch, cfg, terms, backward)
     if not terms:
         raise ValueError("alpha_lm and alpha_con are both 0: nothing to train")
     return terms

@@ -21,12 +21,12 @@ import urllib3
 from minio import Minio
 from minio.error import S3Error
 
-from cafe.storage import AlreadyExists, ObjectStore, StoreError, _check_key, join
+from cafe.storage.base import AlreadyExists, ObjectStore, StoreError, _check_key, join
 
 MiB = 1 << 20
 
 
-def _endpoint_from_env() -> tuple[str, bool]:
+def endpoint_from_env() -> tuple[str, bool]:
     """``(host[:port], secure)`` from ``CAFE_S3_ENDPOINT`` / ``AWS_ENDPOINT_URL`` (default AWS S3)."""
     url = os.environ.get("CAFE_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL") or "https://s3.amazonaws.com"
     parsed = urlparse(url if "://" in url else f"https://{url}")
@@ -52,7 +52,7 @@ class S3Store(ObjectStore):
         self.part_size = part_size
         self.uri = f"s3://{bucket}/{self.prefix}".rstrip("/")
         if client is None:
-            host, secure = _endpoint_from_env()
+            host, secure = endpoint_from_env()
             client = Minio(host, access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
                            secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
                            session_token=os.environ.get("AWS_SESSION_TOKEN"),
