@@ -6,7 +6,8 @@ skill probes (``cafe.training.probes``: yes/no AUC, invalid-answer rates). Arms:
 
 - ``pairs``: the paper's recipe, L_lm on the repurposed captions (``train.lm_source: pairs``);
 - ``replay``: L_lm on the instruction mixture of the same images (``train.lm_source: replay``);
-- ``control``: language-only (alpha_con 0) on the same replay mixture, same budget.
+- ``control``: language-only (alpha_con 0) on the same replay mixture, same budget;
+- ``captions-only``: language-only on the captions (what L_lm alone does to the answer formats).
 
 Usage: python -m benchmarks.understanding --base models/base/model --eval data/dev/eval [--arms pairs,replay]
 [--seeds 0,1,2] [-s section.key=value ...] [--out benchmarks/results/understanding.json]
@@ -34,6 +35,7 @@ ARMS = {
     "pairs": ["train.lm_source=pairs"],
     "replay": ["train.lm_source=replay"],
     "control": ["train.lm_source=replay", "train.objective.alpha_con=0.0"],
+    "captions-only": ["train.lm_source=pairs", "train.objective.alpha_con=0.0"],  # language-only on the captions
 }
 COLUMNS = ["i2t_R@1", "t2i_R@1", "modality_gap", "object_f1", "throne_f1", "pope_avg_accuracy", "pope_avg_f1",
            "yesno_auc", "pope_invalid", "mmstar_accuracy", "mmstar_colour_accuracy", "mmstar_counting_accuracy",
@@ -57,6 +59,7 @@ def main() -> None:
     ap.add_argument("--runs", default="runs/understanding", help="where the fine-tuned models go")
     ap.add_argument("-s", "--set", action="append", default=[], help="params override for every arm")
     ap.add_argument("--out", default="benchmarks/results/understanding.json")
+    ap.add_argument("--skip-base", action="store_true", help="do not evaluate the base (another sweep does)")
     args = ap.parse_args()
     import transformers
     transformers.utils.logging.set_verbosity_error()
@@ -66,9 +69,9 @@ def main() -> None:
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.is_file() else {}
     base_params = load_params(args.params, args.set)
-    if "base" not in results:
+    if "base" not in results and not args.skip_base:
         results["base"] = {"seeds": {"-": measure(Path(args.base), base_params, args.eval, runs / "base-metrics")}}
-    for arm in args.arms.split(","):
+    for arm in [a for a in args.arms.split(",") if a]:
         for seed in args.seeds.split(","):
             if seed in results.get(arm, {}).get("seeds", {}):
                 continue  # measured already: an interrupted sweep goes on

@@ -10,7 +10,7 @@ import torch
 
 from cafe.config import ObjectiveConfig, ReplayConfig
 from cafe.data.replay import ReplayDataset
-from cafe.training.probes import invalid_choice, invalid_pope, invalid_rates, roc_auc
+from cafe.training.probes import format_regressions, invalid_choice, invalid_pope, invalid_rates, roc_auc
 from cafe.training.step import lm_term
 from cafe.training.terms import Terms, token_weights
 from tests.conftest import pairs
@@ -103,3 +103,14 @@ def test_roc_auc_and_invalid_answers():
     assert invalid_choice("a small red circle.", q) and invalid_choice("A B", q)
     rates = invalid_rates(["Yes", "a red circle."], ["B", "a circle", "C", "D"], [q] * 4)
     assert rates == {"pope_invalid": 0.5, "mmstar_invalid": 0.25}
+
+
+def test_a_jump_in_invalid_answers_is_caught():
+    q = "What colour is the circle?\nOptions: A: red, B: blue, C: green, D: white"
+    base = invalid_rates(["Yes", "No"] * 10, ["A", "C", "blue", "D"] * 5, [q] * 20)
+    kept = invalid_rates(["Yes", "No"] * 10, ["B", "C", "A", "D"] * 5, [q] * 20)
+    # the collapse of issue 16: a CAFe model that captions every prompt
+    lost = invalid_rates(["a small red circle."] * 20, ["a large red circle and a blue cross."] * 20, [q] * 20)
+    assert format_regressions(base, kept) == []
+    assert format_regressions(base, lost) == ["mmstar_invalid: 0.000 -> 1.000 (allowed +0.02)",
+                                              "pope_invalid: 0.000 -> 1.000 (allowed +0.02)"]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cafe.config import Params, SynthConfig, TinyModelConfig
+from cafe.config import Params, load_params
 from cafe.data import shapes
 from cafe.distributed import DistEnv
 from cafe.models import load_adapter
@@ -20,23 +20,20 @@ from cafe.training.probes import probe
 # measured with reduced_base() below (docs/understanding.md): per-sample AUC 0.xx, per-token 0.5x
 YESNO_AUC_FLOOR = 0.75
 
-REDUCED_MODEL = TinyModelConfig(vision_hidden=64, vision_layers=2, vision_heads=2, patch_size=16, text_hidden=64,
-                                text_layers=2, text_heads=2, text_kv_heads=1, text_intermediate=192)
-
-
-def reduced_params(root: Path, lm_average: str, steps: int = 400, vision_init: str = "") -> Params:
-    """A reduced embedded default: 600 training images, a smaller tiny model, a short warm-up and pretraining."""
-    p = Params()
-    p.synth = SynthConfig(out=str(root / "world"), train_images=600, retrieval_images=20, probe_images=60)
-    p.model.tiny = REDUCED_MODEL.model_copy()
+def reduced_params(root: Path, lm_average: str, steps: int = 1000, vision_init: str = "") -> Params:
+    """The embedded default's model (params.yaml: 96 px images, one 32 px patch per grid cell) on a reduced
+    world (1500 training images, its own seeds) with a shorter warm-up and pretraining."""
+    p = load_params(Path(__file__).parents[1] / "params.yaml")
+    p.synth = p.synth.model_copy(update={"out": str(root / "world"), "seed": 7, "eval_seed": 8, "train_images": 1500,
+                                         "retrieval_images": 20, "probe_images": 60})
     p.pretrain.data = str(root / "world" / "train" / "instructions.json")
     p.pretrain.output = str(root / f"base-{lm_average}")
-    p.pretrain.vision_steps, p.pretrain.steps, p.pretrain.save_every = 200, steps, 0
+    p.pretrain.vision_steps, p.pretrain.steps, p.pretrain.save_every = 300, steps, 0
     p.pretrain.lm_average, p.pretrain.vision_init = lm_average, vision_init
     return p
 
 
-def reduced_base(root: Path, lm_average: str, steps: int = 400, vision_init: str = "") -> dict:
+def reduced_base(root: Path, lm_average: str, steps: int = 1000, vision_init: str = "") -> dict:
     """Pretrain a reduced base (the world generated once under ``root``) and probe its yes/no AUC."""
     params = reduced_params(root, lm_average, steps, vision_init)
     if not (Path(params.synth.out) / "eval" / "mmstar.jsonl").is_file():
@@ -60,5 +57,5 @@ if __name__ == "__main__":  # measure: python tests/test_understanding_slow.py O
     import time
 
     start = time.perf_counter()
-    print(reduced_base(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 400,
+    print(reduced_base(Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 1000,
                        sys.argv[4] if len(sys.argv) > 4 else ""), f"{time.perf_counter() - start:.0f}s")

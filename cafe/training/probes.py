@@ -76,6 +76,13 @@ def invalid_rates(pope_replies: Sequence[str], choice_replies: Sequence[str],
             "mmstar_invalid": share([invalid_choice(r, q) for r, q in zip(choice_replies, choice_questions)])}
 
 
+def format_regressions(base: dict[str, float], tuned: dict[str, float], max_increase: float = 0.02) -> list[str]:
+    """The invalid-answer rates (``*_invalid``) that rose by more than ``max_increase`` from the base to the
+    fine-tuned model, each as a sentence; empty when the answer formats were kept."""
+    return [f"{k}: {base[k]:.3f} -> {tuned[k]:.3f} (allowed +{max_increase})" for k in sorted(base)
+            if k.endswith("_invalid") and k in tuned and tuned[k] > base[k] + max_increase]
+
+
 def _images(root: Path, names: Sequence[str]) -> list[Image.Image]:
     out = []
     for name in names:
