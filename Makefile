@@ -1,4 +1,5 @@
-# Two entry points: `make demo` (the main job) and `make test` (the test suite). Both build .venv first.
+# Two entry points: `make demo` (the main job: the training pipeline through `dvc repro`, then promote, serve,
+# monitor; docs/pipeline.md) and `make test` (the test suite). Both build .venv first.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -28,4 +29,4 @@ bench: venv
 	$(BIN)/python -m benchmarks.tradeoff
 
 clean:
-	rm -rf data models runs metrics reports
+	rm -rf data models runs metrics reports registry dvc.lock

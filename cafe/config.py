@@ -27,6 +27,11 @@ class SynthConfig(_Section):
     out: str = "data/shapes"
     seed: int = 0
     eval_seed: int = 1
+    # a third world for tuning (learning rates, mixtures, budgets); None = not written
+    dev_seed: Optional[int] = 2
+    # share of the scene space held out for the evaluation world, and as much again for the dev world: a
+    # scene's world is a hash of its content, so the training world never draws a dev or evaluation scene
+    held_out_share: float = Field(0.1, gt=0, le=0.25)
     image_size: int = 64
     train_images: int = 4000
     retrieval_images: int = 500
@@ -304,7 +309,11 @@ class GateConfig(_Section):
     judged with a bootstrap confidence interval from the per-item results."""
 
     floors: dict[str, float] = Field(default_factory=dict)  # metric -> lowest acceptable value
+    # metric -> highest acceptable value: ceilings of lower-is-better metrics (invalid-answer rates)
+    max_value: dict[str, float] = Field(default_factory=dict)
     max_regression: dict[str, float] = Field(default_factory=dict)  # metric -> largest allowed drop vs reference
+    # lower is better (a rise is a regression) for these, for every *_invalid_rate / *_empty_rate metric
+    # (cafe.evaluation.per_item.lower_is_better) and for every metric with a max_value
     lower_is_better: list[str] = Field(default_factory=lambda: ["modality_gap"])
     reference_alias: str = "production"  # the registry alias compared against; "" = always the given reference
     require_reference: bool = True  # regression checks without a reference fail (else they pass, saying so)

@@ -1,98 +1,93 @@
-"""The main job on the embedded default, stage by stage, skipping stages whose outputs are current."""
+"""The main job: the training pipeline itself (`dvc repro` of dvc.yaml) on the embedded default, then what a
+passing gate leads to — promotion to the serving alias, a serving smoke test, and one monitoring pass over a
+generated traffic window. Prints the base vs CAFe table, the gate's verdict with its intervals, the registered
+version and the monitor's decision; the exit code is non-zero when the gate fails or a stage fails.
+
+Why `dvc repro` and not KFP's local runner: on a workstation the pipeline is run through DVC (it has every
+stage from the shapes world to the registration, caches each by its declared inputs — the base is built once —
+and is what `git pull && dvc repro` re-runs after a data or parameter change); the Kubeflow pipeline runs the
+same stage functions from its components, and tests/test_orchestrators.py checks both register the same
+version. See docs/pipeline.md."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 from rich.console import Console
 
-from cafe import stages
-from cafe.config import Params
-from cafe.report import markdown_table, print_table
+from cafe.config import load_params
+from cafe.evaluation.gate import print_gate
+from cafe.evaluation.report import write_report
+from cafe.report import markdown_table, print_monitor_summary, print_table
+from cafe.stages.monitor import monitor
+from cafe.stages.promote import promote
+from cafe.stages.smoke import smoke
+
+METRICS = Path("metrics")
+WORK = Path("runs/demo")  # the serving log, gallery index and monitor output of the demo
+TRAFFIC = WORK / "traffic"  # a fresh window each run: only the demo's own requests
 
 
-def _timed(console: Console, label: str, fn):
-    start = time.perf_counter()
-    result = fn()
-    console.print(f"[green]✓[/green] {label} ({time.perf_counter() - start:.0f}s)")
-    return result
+def repro(console: Console) -> int:
+    """`dvc repro` here (its stages run the `cafe` command of this interpreter's environment)."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "DVC_NO_ANALYTICS": "1"}
+    console.print("[bold]training pipeline[/bold]: dvc repro (synth -> repurpose -> pretrain (cached) -> train -> "
+                  "evaluate base / CAFe -> gate -> register)")
+    return subprocess.run([sys.executable, "-m", "dvc", "repro"], env=env).returncode
 
 
-def run(params: Params, console: Console) -> bool:
-    """Run every stage; returns whether the fine-tuned model met the demo's targets."""
-    from cafe.data import shapes
-    from cafe.data.repurpose import repurpose
-    from cafe.data.pairs import pairs_dataset
-    from cafe.distributed import init_distributed
-    from cafe.evaluation.evaluate import evaluate
-    from cafe.evaluation.report import write_report
-    from cafe.models import load_adapter
-    from cafe.training.pretrain import pretrain
-    from cafe.training.trainer import Trainer
+def run(console: Console, params_file: str = "params.yaml", traffic_requests: int = 120) -> int:
+    """The whole flow in the current directory (a DVC workspace); returns the exit code."""
+    start = time.time()
+    p = load_params(params_file)
+    code = repro(console)
+    gate_file = METRICS / "gate" / "gate.json"
+    if not gate_file.is_file() or (code != 0 and gate_file.stat().st_mtime < start):
+        console.print(f"[red]the pipeline failed before the gate[/red] (dvc repro exit {code})")
+        return code or 1
 
-    start = time.perf_counter()
-    dist = init_distributed()
-    synth_digest = params.digest("synth")
-    if stages.is_current(params.synth.out, "synth", synth_digest):
-        console.print(f"[dim]· synth: {params.synth.out} is current[/dim]")
-    else:
-        _timed(console, f"synth -> {params.synth.out}", lambda: shapes.generate(params.synth))
-        stages.mark(params.synth.out, "synth", synth_digest)
-    pairs_digest = params.digest("synth", "repurpose")
-    if stages.is_current(params.repurpose.out, "repurpose", pairs_digest):
-        console.print(f"[dim]· repurpose: {params.repurpose.out} is current[/dim]")
-    else:
-        stats = _timed(console, f"repurpose -> {params.repurpose.out}", lambda: repurpose(params.repurpose))
-        console.print(f"[dim]  {stats['identity']}[/dim]")
-        stages.mark(params.repurpose.out, "repurpose", pairs_digest)
-
-    base_digest = params.digest("synth", "model", "prompts", "pretrain")
-    base_model = Path(params.pretrain.output) / "model"
-    if stages.is_current(params.pretrain.output, "pretrain", base_digest) and base_model.is_dir():
-        console.print(f"[dim]· pretrain: {base_model} is current[/dim]")
-    else:
-        console.print("pretraining the base model: vision warm-up, then language-only (once; cached afterwards)")
-        _timed(console, f"pretrain -> {base_model}", lambda: pretrain(params, dist))
-        stages.mark(params.pretrain.output, "pretrain", base_digest)
-
-    metrics_root = Path("metrics")
-    eval_digest = params.digest("evaluate", "prompts") + base_digest
-    base_metrics = metrics_root / "base"
-    if stages.is_current(base_metrics, "evaluate-base", eval_digest):
-        console.print(f"[dim]· evaluate base: {base_metrics} is current[/dim]")
-    else:
-        adapter = load_adapter(base_model, params.prompts, params.model)
-        _timed(console, "evaluate base", lambda: evaluate(adapter, params.evaluate, params.prompts, base_metrics))
-        stages.mark(base_metrics, "evaluate-base", eval_digest)
-
-    train_cfg = params.train.model_copy(update={"base_model": str(base_model)})
-    samples = pairs_dataset(params.model_copy(update={"train": train_cfg}))
-    console.print(f"CAFe fine-tuning on {len(samples)} pairs "
-                  f"(alpha_lm={train_cfg.objective.alpha_lm}, alpha_con={train_cfg.objective.alpha_con})")
-    model_dir = _timed(console, "train", lambda: Trainer(train_cfg, params, dist).fit(samples, base_model, resume=False))
-    adapter = load_adapter(model_dir, params.prompts, params.model)
-    cafe_metrics = metrics_root / "cafe"
-    _timed(console, "evaluate CAFe", lambda: evaluate(adapter, params.evaluate, params.prompts, cafe_metrics,
-                                                      compare={"base": base_metrics}))
-
-    runs = {"base": json.loads((base_metrics / "metrics.json").read_text()),
-            "CAFe": json.loads((cafe_metrics / "metrics.json").read_text())}
+    runs = {name: json.loads((METRICS / folder / "metrics.json").read_text())
+            for name, folder in (("base", "base"), ("CAFe", "cafe"))}
     print_table(runs, "base model vs CAFe fine-tuned (held-out shapes world)", console)
     Path("reports").mkdir(exist_ok=True)
     Path("reports/demo.md").write_text("# base vs CAFe\n\n" + markdown_table(runs))
-    write_report({"base": base_metrics, "CAFe": cafe_metrics}, "reports", "base model vs CAFe fine-tuned")
-    base, cafe = runs["base"], runs["CAFe"]
-    checks = {
-        "retrieval R@1 far above the base (both ways, at least +0.2)":
-            cafe["i2t_R@1"] >= base["i2t_R@1"] + 0.2 and cafe["t2i_R@1"] >= base["t2i_R@1"] + 0.2,
-        "caption object F1 within 10% of the base": cafe["object_f1"] >= 0.9 * base["object_f1"],
-        "R@1 >= 0.5 both ways": cafe["i2t_R@1"] >= 0.5 and cafe["t2i_R@1"] >= 0.5,
-        "caption object F1 >= 0.5": cafe["object_f1"] >= 0.5,
-    }
-    for label, passed in checks.items():
-        console.print(f"{'[green]✓' if passed else '[red]✗'}[/] {label}")
-    console.print(f"total {time.perf_counter() - start:.0f}s; table in reports/demo.md, report in reports/report.html, "
-                  f"metrics in {metrics_root}/")
-    return all(checks.values())
+    write_report({"base": METRICS / "base", "CAFe": METRICS / "cafe"}, "reports", "base model vs CAFe fine-tuned")
+    gate = json.loads(gate_file.read_text())
+    print_gate(gate, console)
+    verdict = "passed" if gate["passed"] else f"FAILED ({', '.join(gate['summary']['failed_checks'])})"
+    console.print(f"gate {verdict} against {gate.get('reference')}")
+    if not gate["passed"]:
+        console.print("not registered: the gate failed (report in reports/report.html)")
+        return 1
+    if code != 0:
+        console.print(f"[red]dvc repro failed after the gate[/red] (exit {code})")
+        return code
+
+    record = json.loads((METRICS / "register" / "record.json").read_text())
+    version = f"{record['name']} v{record['version']}"
+    console.print(f"registered {version} (data {record['data_version'][:12]}, code {record['code_version'][:12]}, "
+                  f"{len(record['files'])} files, monitor reference included)")
+    promote(p, record["version"], p.serve.ref)
+    console.print(f"promoted {version} to {p.serve.ref}")
+
+    shutil.rmtree(TRAFFIC, ignore_errors=True)
+    stores = [f"serve.traffic_store={TRAFFIC}", f"monitor.traffic_store={TRAFFIC}",
+              f"serve.index_store={WORK / 'indexes'}"]
+    served = smoke(params_file, stores, p.serve.model_name, p.serve.gallery, traffic_requests,
+                   log=WORK / "serve.log")
+    console.print(f"served {served['version']} on 127.0.0.1 (pid {served['pid']}, stopped): embedding dim "
+                  f"{served['embedding_dim']}, caption {served['caption']!r}; traffic window of {served['searches']} "
+                  f"searches, {served['images']} images, {served['feedback']} with feedback")
+    p = load_params(params_file, stores)
+    summary, _ = monitor(p, out=str(WORK / "monitor"))
+    print_monitor_summary(summary, console)
+    console.print(f"monitor decision for {version}: [bold]{summary['decision']}[/bold]  "
+                  f"(total {time.time() - start:.0f}s; report in reports/report.html, monitor in runs/demo/monitor/)")
+    return 0

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cafe.config import Params, load_params
-from cafe.storage import localize, open_store, store_uri  # noqa: F401  (components import them from here)
+
 
 def field_overrides(fields: Mapping[str, Any]) -> list[str]:
     """``{"train.epochs": 2, "gate.floors": {...}}`` -> ``["train.epochs=2", 'gate.floors={...}']`` (values as
@@ -65,3 +65,12 @@ def copy_file(source: str | Path, artifact) -> None:
 def copy_dir(source: str | Path, artifact) -> None:
     """A folder as the content of a directory artifact (Model, Dataset, evaluation)."""
     shutil.copytree(source, artifact.path, dirs_exist_ok=True)
+
+
+def copy_file_or_note(source: str | Path, artifact, note: str) -> None:
+    """``source`` as the artifact's content, or a one-line HTML page saying why there is none."""
+    if Path(source).is_file():
+        copy_file(source, artifact)
+    else:
+        Path(artifact.path).parent.mkdir(parents=True, exist_ok=True)
+        Path(artifact.path).write_text(f"<html><body><p>{note}</p></body></html>")

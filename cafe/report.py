@@ -1,4 +1,5 @@
-"""Comparison tables: models side by side on every metric, printed with rich and written as Markdown."""
+"""Tables for the terminal: models side by side on every metric (also as Markdown), and the monitor's
+decision with its signals."""
 
 from __future__ import annotations
 
@@ -44,3 +45,31 @@ def markdown_table(runs: dict[str, dict[str, float]]) -> str:
 
 def load_metrics(path: str | Path) -> dict[str, float]:
     return json.loads(Path(path).read_text())
+
+
+def print_monitor_summary(summary: dict, console: Console) -> None:
+    """The monitor's decision and signals as a table."""
+    colour = {"ok": "green", "warn": "yellow", "retrain": "red"}[summary["decision"]]
+    table = Table(title=f"monitor: [{colour}]{summary['decision']}[/{colour}]  ({summary['window']['records']} records, "
+                  f"{summary['window']['feedback']} with feedback)")
+    table.add_column("signal")
+    table.add_column("value")
+    sig = summary["signals"]
+    for name, drift in sig["embedding_drift"].items():
+        table.add_row(f"{name} drift", f"{drift['score']:.3f} (> {drift['threshold']:.3f}: {drift['drifted']})"
+                      if drift.get("judged") else f"not judged (n={drift['n']})")
+    top1 = sig["top1_drift"]
+    table.add_row("top-1 similarity K-S p", f"{top1['p_value']:.3g}" if top1.get("judged") else f"not judged (n={top1['n']})")
+    fb = sig["feedback"]
+    table.add_row("feedback R@K / MRR", f"{fb['recall']:.3f} / {fb['mrr']:.3f} (ref {fb['reference']}, n={fb['n']})"
+                  if fb.get("n") else "no feedback")
+    if sig.get("probe"):
+        table.add_row("probe R@K", f"{sig['probe']['recall']:.3f} (ref {sig['probe']['reference']})")
+    gap = sig["modality_gap"]
+    table.add_row("modality gap", "-" if gap["value"] is None else f"{gap['value']:.3f} (ref {gap['reference']:.3f})")
+    table.add_row("NaN / missing embeddings", f"{sig['invalid']['count']} of {sig['invalid']['total']}")
+    for reason in summary["reasons"]:
+        table.add_row("reason", reason)
+    for note in summary["not_judged"]:
+        table.add_row("not judged", note)
+    console.print(table)

@@ -1,4 +1,5 @@
-"""Kubeflow Pipelines v2 components: one file per stage, each one function that calls the cafe library.
+"""Kubeflow Pipelines v2 components: one file per stage, each one function around one stage function of
+``cafe/stages/`` (artifact plumbing only: no behaviour of its own, no branches).
 
 Conventions (every component follows them; ``monitor`` adds ``components/monitor.py`` the same way):
 
@@ -6,9 +7,9 @@ Conventions (every component follows them; ``monitor`` adds ``components/monitor
   (``Input[Dataset]``, ``Output[Model]``, ``Output[Metrics]``, ``Output[HTML]``, ``Output[Markdown]``) and
   imports everything it uses inside its body: KFP ships the function's source alone into the image.
 - It takes ``params_file`` and ``overrides`` (the run's ``-s section.key=value`` list) plus its typed pipeline
-  parameters, and builds its config with :func:`cafe.pipeline_io.stage_params`; no stage logic lives here.
-- Store access goes through :func:`cafe.pipeline_io.use_endpoint` / :mod:`cafe.storage`; metrics and
-  reports through :func:`cafe.pipeline_io.log_metrics` / :func:`cafe.pipeline_io.copy_file`.
+  parameters, builds its config with :func:`cafe.pipeline_io.stage_params` and calls its stage.
+- The stage reads and writes local or ``s3://`` locations (endpoint: :func:`cafe.pipeline_io.use_endpoint`);
+  metrics and reports reach the UI through :func:`cafe.pipeline_io.log_metrics` / ``copy_file``.
 - The image is chosen when the pipeline is compiled: :func:`component` binds a function to it.
 """
 

@@ -1,29 +1,28 @@
 """The monitoring pipeline: monitor -> if the decision is ``retrain``, start the training pipeline on the
 traffic window's feedback pairs. A recurring run (``schedule``) or the CronJob in ``manifests/`` runs it.
 
-    python -m pipelines.monitoring --image ghcr.io/cafe-project/cafe:<commit> -o monitoring.yaml
+    cafe pipeline compile --pipeline monitoring --image ghcr.io/cafe-project/cafe:<commit> -o monitoring.yaml
 """
 
+from kfp import dsl
 
-import argparse
-
-from kfp import compiler, dsl
-
+from cafe.config import Params
+from components import component
 from components.monitor import monitor
 from components.retrain import retrain
 
 NAME = "cafe-monitoring"
-DEFAULT_IMAGE = "ghcr.io/cafe-project/cafe:0.1.0"
 
 
-def build(image: str = DEFAULT_IMAGE):
-    """The pipeline with both steps in ``image`` (lightweight components: the image has kfp and cafe)."""
-    monitor_op = dsl.component(func=monitor, base_image=image, install_kfp_package=False)
-    retrain_op = dsl.component(func=retrain, base_image=image, install_kfp_package=False)
+def build(image: str, params: Params | None = None, params_file: str = "params.yaml"):
+    """The pipeline with both steps in ``image`` (lightweight components: the image has kfp and cafe);
+    ``params_file`` is the default of the path the steps read (``params`` is unused: the monitor's settings
+    are read by the steps, so a new threshold needs no new compile)."""
+    monitor_op, retrain_op = component(monitor, image), component(retrain, image)
 
     @dsl.pipeline(name=NAME, description="Drift monitor on retrieval quality; retrains on the traffic window "
                                          "when quality fell.")
-    def monitoring(params_file: str = "params.yaml", overrides: list = [], reference: str = "",  # noqa: B006
+    def monitoring(params_file: str = params_file, overrides: list = [], reference: str = "",  # noqa: B006
                    model: str = "", probe: bool = True, retrain_mode: str = "kfp", kfp_host: str = "",
                    training_package: str = "pipelines/training.yaml"):
         judged = monitor_op(params_file=params_file, overrides=overrides, reference=reference, model=model,
@@ -43,15 +42,3 @@ def schedule(client, package: str, cron: str = "0 0 */6 * * *", experiment: str 
     return client.create_recurring_run(experiment_id=exp.experiment_id, job_name=NAME, cron_expression=cron,
                                        pipeline_package_path=package, max_concurrency=1)
 
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--image", default=DEFAULT_IMAGE)
-    ap.add_argument("-o", "--out", default="monitoring.yaml")
-    args = ap.parse_args()
-    compiler.Compiler().compile(build(args.image), args.out)
-    print(f"{NAME} ({args.image}) -> {args.out}")
-
-
-if __name__ == "__main__":
-    main()

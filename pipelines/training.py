@@ -85,7 +85,7 @@ def build(image: str, params: Params, params_file: str = "params.yaml"):
                 tasks["register"] = ops["register"](
                     model=trained.outputs["model"], evaluation=model_eval.outputs["evaluation"],
                     gate_result=verdict.outputs["result"], pairs=pairs.outputs["pairs"],
-                    registry_store=registry_store, model_name=model_name, s3_endpoint=s3_endpoint, **common)
+                    eval_data_uri=eval_data_uri, registry_store=registry_store, model_name=model_name, s3_endpoint=s3_endpoint, **common)
         for name, task in tasks.items():
             task.set_caching_options(CACHED[name])
             if name in STORE_STEPS:

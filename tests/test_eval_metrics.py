@@ -47,6 +47,40 @@ def test_pope_answer_parsing_and_mixed_split():
     assert m["pope_random_yes_ratio"] == 0.5
 
 
+# replies where POPE's evaluate.py (RUCAIBox/POPE) and a lower-casing, any-whitespace parser disagree:
+# POPE is case-sensitive, removes commas without a space and splits on single spaces only
+POPE_DIFFERS = [
+    ("NO", "yes"), ("NOT at all", "yes"), ("Not really", "yes"), ("No\nthere is none", "yes"),
+    ("no\tway", "yes"), ("Yes,no", "yes"), ("it is not,a cat", "yes"), ("there is NO cat", "yes"),
+]
+
+
+@pytest.mark.parametrize(("reply", "official"), POPE_DIFFERS)
+def test_pope_parsing_is_popes_own_where_a_looser_parser_differs(reply, official):
+    looser = "no" if {"no", "not"} & set(reply.split(".")[0].replace(",", " ").lower().split()) else "yes"
+    assert looser != official  # each case is one where the rules part
+    assert pope.parse_answer(reply) == official
+
+
+def test_pope_reply_kinds_yes_no_other():
+    kinds = {"Yes": "yes", "yes, there is": "yes", "No": "no", "There is not a cat. Yes": "no",
+             "Yes. There is no dog.": "yes", "a large red circle": "other", "": "other", "Nope": "other",
+             "YES": "other", "no.": "no", "I do not know": "no", "Yes no": "no"}
+    assert {reply: pope.answer_kind(reply) for reply in kinds} == kinds
+    assert all(pope.parse_answer(r) == ("no" if k == "no" else "yes") for r, k in kinds.items())  # other -> yes
+
+
+def test_pope_invalid_rate_counts_replies_without_yes_or_no():
+    qs = [pope.PopeQuestion(i, "x.png", "q", l, s) for i, (l, s) in
+          enumerate([("yes", "random"), ("no", "random"), ("yes", "popular"), ("no", "popular")])]
+    arrays, meta = pope.pope_arrays(qs, ["Yes", "a small red", "no", "blue cross and"])
+    m = PerItem().add("pope", meta, **arrays)
+    assert m["pope_invalid_rate"] == 0.5 and m["pope_random_invalid_rate"] == 0.5
+    assert m["probe_yes_ratio"] == 0.75  # POPE's own reading: the fragments are "yes"
+    legacy = {k: v for k, v in arrays.items() if k != "valid"}  # evaluations written before the rate
+    assert "pope_invalid_rate" not in PerItem().add("pope", meta, **legacy)
+
+
 def test_pope_file_errors_name_the_line(tmp_path):
     path = tmp_path / "coco_pope_random.json"
     path.write_text(json.dumps({"question_id": 1, "image": "a.png", "text": "q", "label": "yes"}) + "\n{broken\n")

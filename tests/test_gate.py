@@ -52,6 +52,40 @@ def test_floor_pass_and_fail():
     assert not result["passed"] and result["summary"]["failed_checks"] == ["modality_gap (floor)"]
 
 
+def _pope_invalid(valid) -> PerItem:
+    valid = np.asarray(valid, dtype=np.int8)
+    items = PerItem()
+    items.add("pope", {"splits": ["random"]}, pred=np.ones(len(valid), dtype=np.int8),
+              label=np.ones(len(valid), dtype=np.int8), split=np.zeros(len(valid), dtype=np.int16), valid=valid)
+    return items
+
+
+def test_ceiling_of_an_invalid_answer_rate():
+    cfg = GateConfig(max_value={"pope_invalid_rate": 0.1})
+    ok = _pope_invalid([1] * 95 + [0] * 5)
+    result = run_gate(ok.metrics(), None, cfg, per_item=ok)
+    check = _check(result, "pope_invalid_rate", "ceiling")
+    assert result["passed"] and check["value"] == pytest.approx(0.05) and check["ci"][0] < 0.05 < check["ci"][1]
+    collapsed = _pope_invalid([0] * 100)  # every reply a caption fragment: POPE reads them all as "yes"
+    result = run_gate(collapsed.metrics(), None, cfg, per_item=collapsed)
+    assert not result["passed"] and result["summary"]["failed_checks"] == ["pope_invalid_rate (ceiling)"]
+    assert "pope_invalid_rate" in result["lower_is_better"]
+    assert "missing" in _check(run_gate({}, None, cfg), "pope_invalid_rate", "ceiling")["message"]
+
+
+def test_a_rise_of_a_lower_is_better_metric_is_the_regression():
+    # no lower_is_better entry needed: *_invalid_rate metrics are lower-is-better by name
+    cfg = GateConfig(max_regression={"pope_invalid_rate": 0.05}, lower_is_better=[], resamples=500)
+    ref = _pope_invalid([1] * 100)
+    worse, better = _pope_invalid([0] * 30 + [1] * 70), _pope_invalid([1] * 100)
+    result = run_gate(worse.metrics(), ref.metrics(), cfg, per_item=worse, reference_per_item=ref)
+    check = _check(result, "pope_invalid_rate", "regression")
+    assert not result["passed"] and check["delta"] == pytest.approx(-0.3) and check["delta_ci"][1] < -0.05
+    assert "lower is better" in check["message"]
+    improved = run_gate(ref.metrics(), worse.metrics(), cfg, per_item=better, reference_per_item=worse)
+    assert improved["passed"] and _check(improved, "pope_invalid_rate", "regression")["delta"] == pytest.approx(0.3)
+
+
 def test_missing_and_nan_metrics_fail_with_a_message():
     cfg = GateConfig(floors={"object_f1": 0.1, "i2t_R@1": 0.1}, max_regression={"throne_f1": 0.1})
     result = run_gate({"i2t_R@1": float("nan"), "throne_f1": 0.5}, {"throne_f1": float("nan")}, cfg)

@@ -70,3 +70,22 @@ def test_pipeline_retrains_only_when_quality_fell(tmp_path, monkeypatch, kind):
     else:
         assert decision in ("ok", "warn")
         assert requests == []
+
+
+def test_cafe_pipeline_compile_builds_the_monitoring_pipeline(tmp_path):
+    """`cafe pipeline compile --pipeline monitoring` (what CI and users run) writes the two-step pipeline."""
+    from kfp import components as kfp_components
+    from typer.testing import CliRunner
+
+    from cafe.cli import app
+
+    out = tmp_path / "monitoring.yaml"
+    result = CliRunner().invoke(app, ["pipeline", "compile", "--pipeline", "monitoring", "--image", "reg.example/cafe:1",
+                                      "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    component = kfp_components.load_component_from_file(str(out))
+    assert component.name == "cafe-monitoring"
+    assert {"params_file", "retrain_mode", "kfp_host"} <= set(component.component_spec.inputs)
+    spec = yaml.safe_load(out.read_text())
+    assert {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()} == {"reg.example/cafe:1"}
+    assert set(spec["deploymentSpec"]["executors"]) == {"exec-monitor", "exec-retrain"}

@@ -10,7 +10,7 @@ import pytest
 
 from cafe.data.pairs import ShardDataset
 from cafe.data.samples import GlobalBatchSampler, collate
-from cafe.registry_cli import resolve_data_version
+from cafe.stages.register import resolve_data_version
 from cafe.training.step import loss_terms
 from tests.conftest import make_adapter, pairs
 

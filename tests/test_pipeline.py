@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 
 from cafe.cli import app
 from cafe.config import ConfigError, parse_overrides
-from cafe.pipeline_io import (field_overrides, job_name, log_metrics,
-                              stage_params, store_uri)
+from cafe.pipeline_io import field_overrides, job_name, log_metrics, stage_params
+from cafe.storage import store_uri
 from conftest import make_adapter
 from kube_api import kube_api  # noqa: F401  (fixture)
 
@@ -232,8 +232,12 @@ def test_submit_sends_the_compiled_pipeline_and_arguments():
 
 def test_run_needs_local_and_existing_inputs(tmp_path):
     assert CliRunner().invoke(app, ["pipeline", "run"]).exit_code == 2
-    result = CliRunner().invoke(app, ["pipeline", "run", "--local", "--arg", f"base_model={tmp_path}/missing"])
-    assert result.exit_code == 2 and "does not exist" in result.output
+    result = CliRunner().invoke(app, ["pipeline", "run", "--local", "--arg", f"data_uri={tmp_path}", "--arg",
+                                      f"eval_data_uri={tmp_path}", "--arg", f"base_model={tmp_path}/missing"])
+    # the whole message on one line, however long the path and however narrow the terminal (CI: 80 columns)
+    assert result.exit_code == 2 and (f"error: base_model {tmp_path}/missing does not exist; on the embedded default "
+                                      "run `cafe synth` and `cafe pretrain` first (or `make demo`), or pass "
+                                      "--arg base_model=...\n") in result.output
     missing = CliRunner().invoke(app, ["pipeline", "compile", "--pipeline", "nosuch", "-o", str(tmp_path / "x.yaml")])
     assert missing.exit_code == 2 and "pipelines/nosuch.py" in missing.output
 
@@ -292,3 +296,15 @@ def test_local_run_registers_when_the_gate_passes_and_not_when_it_fails(params, 
     run_dir = next((tmp_path / "root-fail").iterdir())
     assert "Gate: FAILED" in (run_dir / "gate" / "report_md").read_text()
     assert not (run_dir / "register").exists()
+
+
+def test_errors_are_printed_whole_at_80_columns(tmp_path, monkeypatch):
+    """A long message (a deep path, brackets that rich would read as markup) comes out as one line."""
+    monkeypatch.setenv("COLUMNS", "80")
+    deep = tmp_path.joinpath(*[f"level-{i}-of-a-long-temporary-path" for i in range(4)])
+    result = CliRunner().invoke(app, ["pipeline", "run", "--local", "--arg", f"data_uri={deep}", "--arg", "epoch=[1]"])
+    assert result.exit_code == 2
+    assert ("error: unknown pipeline parameter(s) ['epoch']; known: [" in result.output
+            and "'train_mode']\n" in result.output), result.output
+    bad = CliRunner().invoke(app, ["pipeline", "run", "--local", "--arg", f"data_uri={deep}"])
+    assert f"error: data_uri {deep} does not exist; on the embedded default run" in bad.output, bad.output

@@ -273,7 +273,7 @@ def test_cli_register_list_promote_rollback_pull(tmp_path, monkeypatch):
     for i in range(2):
         result = runner.invoke(app, ["register", "-m", str(fake_model(tmp_path / f"model{i}", str(i))),
                                      "--metrics", "metrics.json", "--gate", "gate.json", "--data-version", "pairs",
-                                     "--record-out", f"record{i}.json", *store])
+                                     "--record-out", f"record{i}.json", "--no-reference", *store])
         assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "record1.json").read_text())
     assert record["version"] == 2 and record["data_version"] == "e" * 64 and record["parent"] == "models/base"

@@ -119,3 +119,104 @@ def test_eval_suite_files_are_deterministic_and_right_by_construction(world, tmp
         if q.category == "colour":
             shape = q.question.split("the ")[1].split("?")[0]
             assert (mmstar.options(q.question)[q.answer], shape) in objects[q.image]
+
+
+def test_worlds_split_the_scene_space_so_no_held_out_scene_is_trained_on(tmp_path):
+    cfg = SynthConfig(out=str(tmp_path / "w"), train_images=300, retrieval_images=60, probe_images=20, dev_seed=5)
+    counts = shapes.generate(cfg)
+    root = tmp_path / "w"
+    train_keys, _ = shapes._train_world(root / "train")
+    assert len(train_keys) > 200
+    held_out = {}
+    for world in ("eval", "dev"):
+        annotations = json.loads((root / world / "annotations.json").read_text())
+        keys = [shapes.scene_key([shapes.ShapeObject(**o) for o in objs]) for objs in annotations.values()]
+        assert len(set(keys)) == len(keys) == 80  # every held-out image its own scene
+        assert all(shapes.scene_world([shapes.ShapeObject(**o) for o in objs], cfg.held_out_share) == world
+                   for objs in annotations.values())
+        held_out[world] = set(keys)
+        overlap = json.loads((root / world / "overlap.json").read_text())
+        assert overlap["scenes_in_train"]["all"] == 0 and overlap["shared_caption_texts"] == 0
+    assert not train_keys & held_out["eval"] and not train_keys & held_out["dev"]
+    assert not held_out["eval"] & held_out["dev"]
+    assert counts["scenes_in_train"] == counts["dev_scenes_in_train"] == 0
+    # a world without a dev seed writes no dev folder
+    shapes.generate(cfg.model_copy(update={"out": str(tmp_path / "nodev"), "dev_seed": None}))
+    assert not (tmp_path / "nodev" / "dev").exists()
+
+
+def test_no_retrieval_caption_text_describes_two_images(world):
+    data = json.loads((world / "eval" / "retrieval_karpathy.json").read_text())
+    texts = [s["raw"] for entry in data["images"] for s in entry["sentences"]]
+    assert len(set(texts)) == len(texts)
+
+
+def test_overlap_counts_shared_texts_and_trained_scenes_of_any_world(tmp_path):
+    # a hand-made held-out world: two images with the same scene, one of them also a training scene
+    train, held = tmp_path / "train", tmp_path / "eval"
+    train.mkdir(), held.mkdir()
+    objs = [shapes.ShapeObject("red", "circle", "large", "center")]
+    scene = shapes.Scene("s", objs, (0, 0, 0))
+    records = [{"id": "t-detail", "image": "a.png", "kind": "detailed",
+                "conversations": shapes._conversation("Describe the image in detail.", shapes.detailed_description(scene))},
+               {"id": "t-brief", "image": "a.png", "kind": "brief",
+                "conversations": shapes._conversation("Describe the image briefly.", shapes.phrasings(scene)[0])}]
+    (train / "instructions.json").write_text(json.dumps(records))
+    other = [shapes.ShapeObject("blue", "cross", "small", "top")]
+    annotations = {"a.png": [vars(o) for o in objs], "b.png": [vars(o) for o in objs], "c.png": [vars(o) for o in other]}
+    (held / "annotations.json").write_text(json.dumps(annotations))
+    sentences = lambda s: [{"raw": t, "sentid": i} for i, t in enumerate(shapes.phrasings(s))]  # noqa: E731
+    karpathy = {"images": [{"filename": "a.png", "sentences": sentences(scene)},
+                           {"filename": "b.png", "sentences": sentences(scene)}]}
+    (held / "retrieval_karpathy.json").write_text(json.dumps(karpathy))
+    o = shapes.world_overlap(train, held)
+    assert o["train_scenes"] == 1 and o["images_sharing_a_scene"] == 2
+    assert o["scenes_in_train"]["retrieval"] == {"1": 2, "all": 2} and o["scenes_in_train"]["probes"] == {"all": 0}
+    assert o["shared_caption_texts"] == 5 and o["captions_with_shared_texts"] == 10 and o["images_with_shared_texts"] == 2
+    assert o["captions_seen_in_training"] == 2 and o["seen_caption_texts"] == [shapes.phrasings(scene)[0]]
+
+
+# sha256 (first 16 hex digits) of every file of the embedded default's evaluation world (params.yaml synth),
+# images by their decoded pixels; a change here changes every reported number, so it must be deliberate
+EVAL_DIGESTS = {
+    "annotations.json": "0dd8e176b4475479",
+    "images/*.png pixels": "a3ffd92440b4d389",
+    "mmstar.jsonl": "17cbbc3f8995a5df",
+    "pope.jsonl": "913c214680669cdf",
+    "pope/shapes_pope_adversarial.json": "d2910981a294a491",
+    "pope/shapes_pope_popular.json": "86ab3420c5ab7b7b",
+    "pope/shapes_pope_random.json": "6f2a2685d9cf3e68",
+    "retrieval_karpathy.json": "8aeda01a5731e6ac",
+    "sugarcrepe/add_obj.json": "f967c9d3f57d71e1",
+    "sugarcrepe/replace_att.json": "c342ae83590dc45b",
+    "sugarcrepe/replace_obj.json": "d6627bd20a4eed90",
+    "sugarcrepe/swap_att.json": "4a89ec26cbc53300",
+    "throne/annotations.json": "65e3b3a7d31bbacb",
+    "throne/vocabulary.json": "53acc34cb53e261b",
+}
+
+
+def _world_digests(folder: Path) -> dict[str, str]:
+    from PIL import Image
+
+    pixels = hashlib.sha256()
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder).as_posix()
+        if not p.is_file() or rel == "overlap.json":
+            continue
+        if rel.startswith("images/"):
+            with Image.open(p) as img:
+                pixels.update(rel.encode() + img.convert("RGB").tobytes())
+        else:
+            out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+    out["images/*.png pixels"] = pixels.hexdigest()[:16]
+    return out
+
+
+def test_embedded_default_evaluation_files_are_pinned(tmp_path):
+    from cafe.config import load_params
+
+    cfg = load_params(Path(__file__).parents[1] / "params.yaml").synth
+    shapes.write_held_out(cfg, tmp_path / "eval", "eval", cfg.eval_seed)
+    assert _world_digests(tmp_path / "eval") == EVAL_DIGESTS

@@ -43,6 +43,10 @@ def test_retrain_triggers_and_steps():
     steps = wf["jobs"]["train"]["steps"]
     assert wf["jobs"]["train"]["needs"] == "image"
     assert any("cafe.monitoring.ci" in s.get("run", "") and "GITHUB_STEP_SUMMARY" in s.get("run", "") for s in steps)
+    # the pipeline is compiled with the command users have, not an inline script
+    (compile_step,) = [s for s in steps if "training.yaml" in s.get("run", "") and "compile" in s.get("run", "")]
+    assert compile_step["run"].startswith("cafe pipeline compile --pipeline training --image")
+    assert "python -" not in compile_step["run"] and "import" not in compile_step["run"]
     build = next(s for s in wf["jobs"]["image"]["steps"] if s.get("uses", "").startswith("docker/build-push-action"))
     assert build["with"]["push"] is True and "github.sha" in wf["env"]["IMAGE"]
 

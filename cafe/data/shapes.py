@@ -3,16 +3,18 @@
 Images of 1-3 coloured shapes (colour, shape, size, position in a 3x3 grid), deterministic by seed, written
 in the public formats the real pipeline reads:
 
-- training data as LLaVA-OneVision instruction records (brief captions, detailed descriptions, yes/no
-  object questions), a JSON list plus an image folder;
-- held-out evaluation sets from another seed: a retrieval set in the Karpathy-split format used for
-  Flickr30K/COCO (five different phrasings per image), POPE-style yes/no probes (JSON lines), and the
-  ground-truth objects of every evaluation image;
-- the rest of the evaluation suite, each in its public format (written from their own random streams,
-  so the files above do not change): POPE's per-split question files, THRONE-style annotations and
-  vocabulary, SugarCrepe's subset files, and MMStar-format multiple choice (counting, colour of an object,
-  relative position). The training data also carries MMStar-style multiple-choice records ("choice"), so
-  the base model can answer them and a fine-tuned model that forgets how fails the gate.
+- training data (``train/``) as LLaVA-OneVision instruction records (brief captions, detailed descriptions,
+  yes/no object questions, MMStar-style multiple choice), a JSON list plus an image folder;
+- held-out worlds from their own seeds: the evaluation world (``eval/``, final tables only) and the dev
+  world (``dev/``, ``synth.dev_seed``, for tuning), each with a retrieval set in the Karpathy-split format
+  used for Flickr30K/COCO (five different phrasings per image), POPE's per-split question files, the
+  ground-truth objects of every image, THRONE-style annotations and vocabulary, SugarCrepe's subset files
+  and MMStar-format multiple choice (counting, colour of an object, relative position).
+
+The three worlds split the scene space: a scene's world is a hash of its content (:func:`scene_world`), so
+the training world never draws a dev or evaluation scene, and dev and evaluation never share one. Within
+a held-out world every image is its own scene and no retrieval caption text describes two images.
+``overlap.json`` in each held-out world measures what remains shared with training (:func:`world_overlap`).
 
 40 object types x 2 sizes x 9 cells give enough distinct scenes that chance retrieval on 500 images is
 0.2%, and a caption can be right or wrong object by object.
@@ -20,11 +22,14 @@ in the public formats the real pipeline reads:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 from PIL import Image, ImageDraw
 
@@ -280,42 +285,109 @@ def _write_json(path: Path, obj) -> None:
     tmp.replace(path)
 
 
-def _scenes(rng: random.Random, prefix: str, count: int, weights: list[float]) -> list[Scene]:
-    return [sample_scene(rng, f"{prefix}{i:06d}", weights) for i in range(count)]
+def scene_key(objects: list[ShapeObject]) -> str:
+    """What a scene is, independent of listing order and rendering: ``"top:large red circle|center:..."``."""
+    ordered = sorted(objects, key=lambda o: POSITIONS.index(o.position))
+    return "|".join(f"{o.position}:{o.size} {o.colour} {o.shape}" for o in ordered)
+
+
+def scene_world(objects: list[ShapeObject], held_out_share: float) -> str:
+    """The world ("train", "dev" or "eval") a scene belongs to: a hash of its content, so the split of the
+    scene space is the same whatever the seeds, and a training scene can never be an evaluation scene."""
+    u = int.from_bytes(hashlib.sha256(scene_key(objects).encode()).digest()[:8], "big") / 2 ** 64
+    return "eval" if u < held_out_share else "dev" if u < 2 * held_out_share else "train"
+
+
+def _scenes(rng: random.Random, prefix: str, count: int, weights: list[float],
+            accept: Callable[[Scene], bool] = lambda scene: True) -> list[Scene]:
+    """``count`` scenes drawn until ``accept`` takes them (rejected draws are skipped)."""
+    scenes: list[Scene] = []
+    attempts = 0
+    while len(scenes) < count:
+        attempts += 1
+        if attempts > 200 * count + 1000:
+            raise ValueError(f"only {len(scenes)} of {count} {prefix!r} scenes fit their world (unique scenes and "
+                             "caption texts); lower synth.retrieval_images / synth.probe_images or raise "
+                             "synth.held_out_share")
+        scene = sample_scene(rng, f"{prefix}{len(scenes):06d}", weights)
+        if accept(scene):
+            scenes.append(scene)
+    return scenes
+
+
+def held_out_scenes(cfg: SynthConfig, world: str, seed: int) -> tuple[list[Scene], list[Scene], random.Random]:
+    """Retrieval and probe scenes of the dev or evaluation world: every scene from that world's part of the
+    scene space and drawn once, and no caption text of the retrieval set describes two images (so no
+    retrieval query is decided by a tie). Returns the random stream, which goes on to render them."""
+    rng = random.Random(seed)
+    keys: set[str] = set()
+    texts: set[str] = set()
+
+    def new_scene(scene: Scene) -> bool:
+        key = scene_key(scene.objects)
+        if key in keys or scene_world(scene.objects, cfg.held_out_share) != world:
+            return False
+        keys.add(key)
+        return True
+
+    def new_captions(scene: Scene) -> bool:
+        said = phrasings(scene)
+        if texts.intersection(said) or not new_scene(scene):
+            return False
+        texts.update(said)
+        return True
+
+    retrieval = _scenes(rng, "ret", cfg.retrieval_images, cfg.object_count_weights, new_captions)
+    probes = _scenes(rng, "probe", cfg.probe_images, cfg.object_count_weights, new_scene)
+    return retrieval, probes, rng
 
 
 def generate(cfg: SynthConfig) -> dict[str, int]:
-    """Write the whole shapes world under ``cfg.out``; returns counts for the summary."""
+    """Write the whole shapes world under ``cfg.out`` (train/, eval/ and, with ``dev_seed``, dev/); returns
+    counts for the summary, with the overlap of each held-out world with the training world."""
     out = Path(cfg.out)
-    train_dir, eval_dir = out / "train", out / "eval"
+    train_dir = out / "train"
     (train_dir / "images").mkdir(parents=True, exist_ok=True)
-    (eval_dir / "images").mkdir(parents=True, exist_ok=True)
 
     rng = random.Random(cfg.seed)
-    # the newer record kinds and evaluation sets draw from their own streams, so that the older files
-    # stay byte-identical
+    # the newer record kinds draw from their own streams, so that the older files stay byte-identical
     choice_rng = random.Random(f"{cfg.seed}:choice") if cfg.choice_records else None
     records: list[dict] = []
-    for scene in _scenes(rng, "train", cfg.train_images, cfg.object_count_weights):
+    in_train = lambda scene: scene_world(scene.objects, cfg.held_out_share) == "train"  # noqa: E731
+    for scene in _scenes(rng, "train", cfg.train_images, cfg.object_count_weights, in_train):
         image = f"images/{scene.id}.png"
         render(scene, cfg.image_size, rng).save(train_dir / image)
         records.extend(instruction_records(scene, image, rng, choice_rng))
     _write_json(train_dir / "instructions.json", records)
+    counts = {"train_images": cfg.train_images, "instruction_records": len(records)}
 
-    rng = random.Random(cfg.eval_seed)
-    retrieval = _scenes(rng, "ret", cfg.retrieval_images, cfg.object_count_weights)
-    probes = _scenes(rng, "probe", cfg.probe_images, cfg.object_count_weights)
+    worlds = {"eval": cfg.eval_seed} | ({"dev": cfg.dev_seed} if cfg.dev_seed is not None else {})
+    for world, seed in worlds.items():
+        written = write_held_out(cfg, out / world, world, seed)
+        overlap = world_overlap(train_dir, out / world)
+        _write_json(out / world / "overlap.json", overlap)
+        written |= {"scenes_in_train": overlap["scenes_in_train"]["all"],
+                    "shared_caption_texts": overlap["shared_caption_texts"]}
+        counts |= {k if world == "eval" else f"dev_{k}": v for k, v in written.items()}
+    return counts
+
+
+def write_held_out(cfg: SynthConfig, folder: Path, world: str, seed: int) -> dict[str, int]:
+    """One held-out world (evaluation or dev): images, the retrieval set, annotations, POPE probes and the
+    rest of the suite. Depends only on ``seed``, the sizes and the scene split, never on the training world."""
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    retrieval, probes, rng = held_out_scenes(cfg, world, seed)
     annotations: dict[str, list[dict]] = {}
     for scene in retrieval + probes:
-        render(scene, cfg.image_size, rng).save(eval_dir / "images" / f"{scene.id}.png")
+        render(scene, cfg.image_size, rng).save(folder / "images" / f"{scene.id}.png")
         annotations[f"{scene.id}.png"] = [asdict(o) for o in scene.objects]
 
     karpathy = {"dataset": "shapes", "images": [
         {"filename": f"{s.id}.png", "filepath": "images", "imgid": i, "split": "test",
          "sentences": [{"raw": text, "sentid": 5 * i + j} for j, text in enumerate(phrasings(s))]}
         for i, s in enumerate(retrieval)]}
-    _write_json(eval_dir / "retrieval_karpathy.json", karpathy)
-    _write_json(eval_dir / "annotations.json", annotations)
+    _write_json(folder / "retrieval_karpathy.json", karpathy)
+    _write_json(folder / "annotations.json", annotations)
 
     pope_lines = []
     qid = 0
@@ -327,11 +399,63 @@ def generate(cfg: SynthConfig) -> dict[str, int]:
                 pope_lines.append({"question_id": qid, "image": f"{scene.id}.png", "split": split,
                                    "text": f"Is there {_article(f'{c} {s}')} in the image?", "label": label})
                 qid += 1
-    _write_jsonl(eval_dir / "pope.jsonl", pope_lines)
-    suite = write_eval_suite(eval_dir, retrieval, probes, pope_lines, random.Random(f"{cfg.eval_seed}:suite"))
-    return {"train_images": cfg.train_images, "instruction_records": len(records),
-            "retrieval_images": len(retrieval), "retrieval_captions": 5 * len(retrieval),
+    _write_jsonl(folder / "pope.jsonl", pope_lines)
+    suite = write_eval_suite(folder, retrieval, probes, pope_lines, random.Random(f"{seed}:suite"))
+    return {"retrieval_images": len(retrieval), "retrieval_captions": 5 * len(retrieval),
             "probe_questions": len(pope_lines), **suite}
+
+
+def _train_world(train_dir: Path) -> tuple[set[str], set[str]]:
+    """Scene keys (from the detailed descriptions) and every reply text of a training world's records."""
+    records = json.loads((Path(train_dir) / "instructions.json").read_text())
+    keys, texts = set(), set()
+    for rec in records:
+        reply = rec["conversations"][-1]["value"]
+        texts.add(reply)
+        if rec.get("kind", "detailed") == "detailed":
+            objects = objects_from_description(reply)
+            if objects:
+                keys.add(scene_key(objects))
+    return keys, texts
+
+
+def world_overlap(train_dir: str | Path, held_out_dir: str | Path) -> dict:
+    """How a held-out world (as written on disk, by this generator or an older one) overlaps the training
+    world and itself: scenes that also occur in training (by object count), images that share a scene,
+    retrieval caption texts that describe two or more images, and caption texts that are training replies."""
+    train_keys, train_texts = _train_world(Path(train_dir))
+    folder = Path(held_out_dir)
+    annotations = json.loads((folder / "annotations.json").read_text())
+    karpathy = json.loads((folder / "retrieval_karpathy.json").read_text())["images"]
+    retrieval_files = {entry["filename"] for entry in karpathy}
+    key_of = {name: scene_key([ShapeObject(**o) for o in objs]) for name, objs in annotations.items()}
+    key_count = Counter(key_of.values())
+
+    def by_count(names: list[str], pick: Callable[[str], bool]) -> dict[str, int]:
+        out = Counter(str(len(annotations[n])) for n in names if pick(n))
+        return {**{k: out[k] for k in sorted(out)}, "all": sum(out.values())}
+
+    parts = {"retrieval": [n for n in annotations if n in retrieval_files],
+             "probes": [n for n in annotations if n not in retrieval_files]}
+    owners: dict[str, set[str]] = {}
+    for entry in karpathy:
+        for sentence in entry["sentences"]:
+            owners.setdefault(sentence["raw"], set()).add(entry["filename"])
+    shared = {text: imgs for text, imgs in owners.items() if len(imgs) > 1}
+    seen = sorted(text for text in owners if text in train_texts)
+    return {
+        "train_scenes": len(train_keys),
+        "images": {part: by_count(names, lambda n: True) for part, names in parts.items()},
+        "scenes_in_train": {**{part: by_count(names, lambda n: key_of[n] in train_keys) for part, names in parts.items()},
+                            "all": sum(k in train_keys for k in key_of.values())},
+        "images_sharing_a_scene": sum(key_count[k] > 1 for k in key_of.values()),
+        "shared_caption_texts": len(shared),
+        "captions_with_shared_texts": sum(
+            1 for entry in karpathy for s in entry["sentences"] if s["raw"] in shared),
+        "images_with_shared_texts": len(set().union(*shared.values())) if shared else 0,
+        "captions_seen_in_training": sum(1 for entry in karpathy for s in entry["sentences"] if s["raw"] in train_texts),
+        "seen_caption_texts": seen,
+    }
 
 
 def _write_jsonl(path: Path, lines: list[dict]) -> None:

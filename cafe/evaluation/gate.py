@@ -4,8 +4,10 @@ a bootstrap confidence interval so that noise of a small evaluation set is not r
 
 Rules (thresholds in ``params.yaml``, section ``gate``):
 
-- floor: the point value must reach the floor (``<=`` for metrics in ``lower_is_better``);
-- regression: with ``delta`` = value - reference (sign turned for lower-is-better metrics, so a drop is
+- floor: the point value must reach the floor (``<=`` for lower-is-better metrics);
+- ceiling (``max_value``): the point value must not exceed the ceiling; for lower-is-better metrics such as
+  the invalid-answer rates (``pope_invalid_rate``, ``mmstar_invalid_rate``, ``caption_empty_rate``);
+- regression: with ``delta`` = value - reference (sign turned for lower-is-better metrics, so a worsening is
   negative), the check fails only when the whole confidence interval of ``delta`` lies below
   ``-max_regression``, i.e. the model is worse by more than allowed beyond the noise. The interval is the
   paired bootstrap when the reference's per-item results cover the same items, else the model's own
@@ -26,7 +28,7 @@ import numpy as np
 
 from cafe.config import GateConfig
 from cafe.evaluation.bootstrap import bootstrap_samples, interval
-from cafe.evaluation.per_item import PerItem
+from cafe.evaluation.per_item import PerItem, lower_is_better
 
 
 def _bad(value) -> str | None:
@@ -52,17 +54,22 @@ def run_gate(metrics: dict, reference: dict | None, cfg: GateConfig, *, per_item
         samples, ref_samples = bootstrap_samples(per_item, cfg.resamples, cfg.seed, reference_per_item,
                                                  {"geometry": cfg.geometry_resamples})
     cis = {k: interval(v, cfg.confidence) for k, v in samples.items()}
+
+    def lower(metric: str) -> bool:
+        return metric in cfg.lower_is_better or metric in cfg.max_value or lower_is_better(metric)
+
     checks = []
-    for metric, floor in cfg.floors.items():
+    bounds = [(m, "floor", v) for m, v in cfg.floors.items()] + [(m, "ceiling", v) for m, v in cfg.max_value.items()]
+    for metric, kind, bound in bounds:
         value, ci = metrics.get(metric), cis.get(metric)
         problem = _bad(value)
         if problem:
-            checks.append(_check(metric, "floor", None, None, floor, False, f"{metric} is {problem} in the model's metrics"))
+            checks.append(_check(metric, kind, None, None, bound, False, f"{metric} is {problem} in the model's metrics"))
             continue
-        lower = metric in cfg.lower_is_better
-        ok = value <= floor if lower else value >= floor
-        checks.append(_check(metric, "floor", value, ci, floor, ok,
-                             f"{value:.4f} {'<=' if lower else '>='} {floor} required" + ("" if ci else "; no per-item results, no CI")))
+        at_most = kind == "ceiling" or lower(metric)
+        ok = value <= bound if at_most else value >= bound
+        checks.append(_check(metric, kind, value, ci, bound, ok,
+                             f"{value:.4f} {'<=' if at_most else '>='} {bound} required" + ("" if ci else "; no per-item results, no CI")))
 
     for metric, allowed in cfg.max_regression.items():
         value = metrics.get(metric)
@@ -77,7 +84,7 @@ def run_gate(metrics: dict, reference: dict | None, cfg: GateConfig, *, per_item
             checks.append(_check(metric, "regression", value if not _bad(value) else None, None, allowed, False,
                                  f"{metric} is {problem}", reference=ref if not _bad(ref) else None))
             continue
-        sign = -1.0 if metric in cfg.lower_is_better else 1.0
+        sign = -1.0 if lower(metric) else 1.0
         delta = sign * (value - ref)
         if metric in ref_samples and metric in samples:
             delta_ci, how = interval(sign * (samples[metric] - ref_samples[metric]), cfg.confidence), "paired bootstrap"
@@ -88,13 +95,15 @@ def run_gate(metrics: dict, reference: dict | None, cfg: GateConfig, *, per_item
         upper = delta_ci[1] if delta_ci else delta
         ok = upper >= -allowed
         checks.append(_check(metric, "regression", value, cis.get(metric), allowed, ok,
-                             f"change {delta:+.4f} (CI upper {upper:+.4f}, {how}); a drop beyond {allowed} fails",
+                             f"change {delta:+.4f}{' (sign turned: lower is better)' if sign < 0 else ''} "
+                             f"(CI upper {upper:+.4f}, {how}); a worsening beyond {allowed} fails",
                              reference=ref, delta=delta, delta_ci=list(delta_ci) if delta_ci else None))
 
     failed = [c["metric"] + f" ({c['kind']})" for c in checks if not c["passed"]]
     return {"passed": not failed, "checks": checks,
             "summary": {"total": len(checks), "failed": len(failed), "failed_checks": failed},
             "confidence": cfg.confidence, "resamples": cfg.resamples,
+            "lower_is_better": sorted(m for m in {*metrics, *cfg.floors, *cfg.max_value, *cfg.max_regression} if lower(m)),
             "intervals": {k: list(v) if v else None for k, v in sorted(cis.items())}}
 
 

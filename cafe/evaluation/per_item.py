@@ -34,6 +34,15 @@ import numpy as np
 
 NAN = float("nan")
 
+# metrics where lower is better: the gate turns their regressions around and the reports say so
+LOWER_IS_BETTER = frozenset({"modality_gap"})
+LOWER_IS_BETTER_SUFFIXES = ("_invalid_rate", "_empty_rate")
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether a lower value of ``metric`` is better (the modality gap, every invalid/empty-answer rate)."""
+    return metric in LOWER_IS_BETTER or metric.endswith(LOWER_IS_BETTER_SUFFIXES)
+
 
 def _ratio(num: float, den: float) -> float:
     return float(num) / float(den) if den else 0.0
@@ -84,7 +93,15 @@ def pope_metrics(a: dict[str, np.ndarray], meta: dict) -> dict[str, float]:
         out.update({f"pope_{split}_{m}": v for m, v in scores.items()})
     for m in ("accuracy", "precision", "recall", "f1", "yes_ratio"):
         out[f"pope_avg_{m}"] = float(np.mean([s[m] for s in per_split])) if per_split else NAN
+    if "valid" in a:  # replies with neither yes nor no (absent in evaluations written before it existed)
+        out["pope_invalid_rate"] = _invalid_rate(a["valid"])
+        for i, split in enumerate(meta["splits"]):
+            out[f"pope_{split}_invalid_rate"] = _invalid_rate(a["valid"][a["split"] == i])
     return out
+
+
+def _invalid_rate(valid: np.ndarray) -> float:
+    return float(1.0 - np.mean(valid)) if len(valid) else NAN
 
 
 def throne_classwise(a: dict[str, np.ndarray], classes: list[str]) -> dict[str, dict[str, float]]:

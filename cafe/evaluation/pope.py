@@ -1,4 +1,6 @@
-"""POPE (Li et al., 2023): yes/no object probes in POPE's own files and with POPE's own answer parsing.
+"""POPE (Li et al., 2023): yes/no object probes in POPE's own files and with POPE's own answer parsing
+(``evaluate.py`` of github.com/RUCAIBox/POPE: first sentence, commas removed, split on spaces,
+case-sensitive "No"/"not"/"no" means no, anything else yes), plus the share of replies that say neither.
 
 A POPE file is JSON lines, one question per line: ``{"question_id", "image", "text", "label"}`` with label
 "yes" or "no"; one file per split (random, popular, adversarial), e.g. ``coco_pope_random.json``.
@@ -24,12 +26,29 @@ class PopeQuestion:
     split: str
 
 
+# POPE's evaluate.py (github.com/RUCAIBox/POPE): the words that decide, matched case-sensitively
+NO_WORDS = frozenset({"No", "not", "no"})
+YES_WORDS = frozenset({"Yes", "yes"})
+
+
+def answer_words(answer: str) -> set[str]:
+    """POPE's words of a reply: the text before the first ".", commas removed (not replaced), split on
+    single spaces. Case is kept and other whitespace does not split: "NO" or "no\nthere" is no "no"."""
+    return set(answer.split(".")[0].replace(",", "").split(" "))
+
+
+def answer_kind(answer: str) -> str:
+    """"no" when POPE's words hold No/not/no, else "yes" when they hold Yes/yes, else "other": a reply that
+    is no answer (POPE itself counts it as "yes"; ``pope_invalid_rate`` counts it as invalid)."""
+    words = answer_words(answer)
+    if words & NO_WORDS:
+        return "no"
+    return "yes" if words & YES_WORDS else "other"
+
+
 def parse_answer(answer: str) -> str:
-    """POPE's rule: keep the first sentence, drop commas; "no" or "not" among its words means "no",
-    anything else "yes"."""
-    first = answer.split(".")[0].replace(",", " ").lower()
-    words = first.split()
-    return "no" if ("no" in words or "not" in words) else "yes"
+    """POPE's own decision: "no" when No/not/no is among :func:`answer_words`, anything else "yes"."""
+    return "no" if answer_kind(answer) == "no" else "yes"
 
 
 def read_pope_file(path: str | Path, split: str) -> list[PopeQuestion]:
@@ -73,12 +92,14 @@ def load_pope(root: str | Path) -> list[PopeQuestion]:
 
 
 def pope_arrays(questions: list[PopeQuestion], answers: list[str]) -> tuple[dict[str, np.ndarray], dict]:
-    """Per-item arrays for the ``pope`` group: parsed prediction, label and split index."""
+    """Per-item arrays for the ``pope`` group: POPE's prediction (1 = yes), label, split index and whether
+    the reply said yes or no at all (``valid``)."""
     splits = [s for s in SPLITS if any(q.split == s for q in questions)]
     splits += sorted({q.split for q in questions} - set(splits))
     arrays = {
         "pred": np.array([parse_answer(a) == "yes" for a in answers], dtype=np.int8),
         "label": np.array([q.label == "yes" for q in questions], dtype=np.int8),
         "split": np.array([splits.index(q.split) for q in questions], dtype=np.int16),
+        "valid": np.array([answer_kind(a) != "other" for a in answers], dtype=np.int8),
     }
     return arrays, {"splits": splits}

@@ -17,15 +17,30 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from cafe.config import LoraConfig, ModelConfig, TrainableConfig
 
-if TYPE_CHECKING:
-    from cafe.models.adapter import VLMAdapter
+
+class Tunable(Protocol):
+    """What this module needs of a model adapter (``cafe.models.adapter.VLMAdapter`` is one); naming the
+    protocol rather than the class keeps tuning below the adapter, which calls it."""
+
+    model: Any
+    processor: Any
+    family: str
+    base_path: str | None
+    peft: Any
+    soft_prompt: SoftPrompt | None
+    trainable: dict[str, bool]
+
+    def part_of(self, name: str) -> str: ...
+
+    def soft_prompt_init(self, n: int) -> torch.Tensor: ...
+
 
 TUNING_FILE = "cafe_tuning.json"
 PARTS_FILE = "trained_parts.safetensors"
@@ -73,7 +88,7 @@ def is_lora(name: str) -> bool:
     return ".lora_" in name
 
 
-def lora_target_pattern(adapter: "VLMAdapter", cfg: LoraConfig) -> str:
+def lora_target_pattern(adapter: Tunable, cfg: LoraConfig) -> str:
     """A regex over module names: the configured linear layers inside the LLM (and the vision tower)."""
     targets: list[str] = []
     for name, module in adapter.model.named_modules():
@@ -102,7 +117,7 @@ def resolve_trainable(cfg: TrainableConfig, lora_parts: set[str]) -> dict[str, b
     return out
 
 
-def apply_trainable(adapter: "VLMAdapter", trainable: dict[str, bool]) -> None:
+def apply_trainable(adapter: Tunable, trainable: dict[str, bool]) -> None:
     for name, param in adapter.model.named_parameters():
         if is_lora(name) or name.startswith(SOFT_PROMPT_MODULE + "."):
             param.requires_grad_(True)
@@ -110,18 +125,18 @@ def apply_trainable(adapter: "VLMAdapter", trainable: dict[str, bool]) -> None:
             param.requires_grad_(trainable[adapter.part_of(name)])
 
 
-def _lora_parts(adapter: "VLMAdapter") -> set[str]:
+def _lora_parts(adapter: Tunable) -> set[str]:
     return {adapter.part_of(n) for n, _ in adapter.model.named_parameters() if is_lora(n)}
 
 
-def _full_part_state(adapter: "VLMAdapter") -> dict[str, torch.Tensor]:
+def _full_part_state(adapter: Tunable) -> dict[str, torch.Tensor]:
     return {n: p.detach().contiguous() for n, p in adapter.model.named_parameters()
             if not is_lora(n) and not n.startswith(SOFT_PROMPT_MODULE + ".")
             and adapter.trainable.get(adapter.part_of(n), False)}
 
 
 # ----------------------------------------------------------------------------- setting up, saving, loading
-def setup(adapter: "VLMAdapter", cfg: ModelConfig, checkpoint: Path | None, fresh: bool) -> None:
+def setup(adapter: Tunable, cfg: ModelConfig, checkpoint: Path | None, fresh: bool) -> None:
     """Give a loaded adapter its LoRA and soft prompt (from ``checkpoint`` when it holds them, else new ones
     from ``cfg`` when ``fresh``) and mark the trainable parameters."""
     from peft import PeftModel, get_peft_model
@@ -164,7 +179,7 @@ def _load_named(model, state: dict[str, torch.Tensor], source: Path) -> None:
             params[name].copy_(tensor)
 
 
-def save(adapter: "VLMAdapter", path: Path) -> None:
+def save(adapter: Tunable, path: Path) -> None:
     """LoRA adapter + fully trained parts + soft prompt, or the full model + soft prompt; then the processor."""
     path.mkdir(parents=True, exist_ok=True)
     if adapter.peft is not None:
@@ -199,7 +214,7 @@ def base_of(path: Path) -> str | None:
     return json.loads((path / TUNING_FILE).read_text())["base_model"]
 
 
-def merge(adapter: "VLMAdapter", out: str | Path) -> Path:
+def merge(adapter: Tunable, out: str | Path) -> Path:
     """Fold the LoRA weights into the base weights and save a full checkpoint (soft prompt kept alongside)."""
     if adapter.peft is not None:
         adapter.model = adapter.peft.merge_and_unload()

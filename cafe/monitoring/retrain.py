@@ -55,16 +55,15 @@ def start_retraining(p: Params, pairs: str, mode: str, out: str, kfp_host: str =
 
 
 def _fine_tune_here(p: Params, pairs: str) -> dict:
-    """``local``: the folder -> shards at ``<train.output>/pairs`` (after the overrides) -> the trainer."""
+    """``local``: the folder -> shards at ``<train.output>/pairs`` (after the overrides) -> the train stage."""
     from cafe.config import _merge, parse_overrides
-    from cafe.data.pair_folder import repurpose_folder
-    from cafe.data.pairs import pairs_dataset
     from cafe.distributed import DistEnv
-    from cafe.training.trainer import Trainer
+    from cafe.stages.repurpose import repurpose
+    from cafe.stages.train import train
 
     q = Params.model_validate(_merge(p.model_dump(mode="json"), parse_overrides(p.monitor.retrain_overrides)))
     q.train.data = str(Path(q.train.output) / "pairs")
-    stats = repurpose_folder(q.repurpose, pairs, q.train.data)
-    model = Trainer(q.train, q, DistEnv()).fit(pairs_dataset(q), q.train.base_model, resume=False)
+    stats = repurpose(q.repurpose, source=pairs, out=q.train.data)
+    model = train(q, resume=False, dist=DistEnv())
     return {"local_model": str(model), "data": q.train.data, "data_version": stats["data_version"],
             "kept": stats["kept"]}

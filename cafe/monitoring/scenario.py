@@ -54,15 +54,14 @@ def replay_world(adapter, work: str | Path, kind: str, seed: int, gallery: int, 
 def train_contrastive(p, pairs: str | Path, out: str | Path, steps: int, init, progress: bool = True) -> Path:
     """The scenario's quick fine-tune on an instruction folder of pairs (repurposed into ``out/pairs`` with
     ``p.repurpose``'s rules, no validation split): contrastive only (alpha_lm 0), batch 32, LR 3e-3, tau 0.1."""
-    from cafe.data.pair_folder import repurpose_folder
-    from cafe.data.pairs import pairs_dataset
     from cafe.distributed import DistEnv
-    from cafe.training.trainer import Trainer
+    from cafe.stages.repurpose import repurpose
+    from cafe.stages.train import train
 
     cfg = p.train
     cfg.data, cfg.output, cfg.max_steps, cfg.batch_size, cfg.seed = str(Path(out) / "pairs"), str(out), steps, 32, 0
     cfg.optim.lr, cfg.optim.lr_vision, cfg.optim.warmup_ratio = 3e-3, 3e-3, 0.1
     cfg.objective.alpha_lm, cfg.objective.alpha_con, cfg.objective.temperature = 0.0, 1.0, 0.1
     # every pair trains: the scenario's reference and probe are worlds of their own
-    repurpose_folder(p.repurpose.model_copy(update={"val_fraction": 0.0}), pairs, cfg.data)
-    return Trainer(cfg, p, DistEnv(), progress=progress).fit(pairs_dataset(p), init, resume=False)
+    repurpose(p.repurpose.model_copy(update={"val_fraction": 0.0}), source=str(pairs), out=cfg.data)
+    return train(p, base_model=init, resume=False, dist=DistEnv(), progress=progress)

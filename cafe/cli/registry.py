@@ -8,22 +8,16 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from cafe.cli.options import (NameOpt, ParamsOpt, SetOpt, StoreOpt, console, failures, out, params as load,
+                              quiet_libraries)
 
 registry_app = typer.Typer(add_completion=False, no_args_is_help=True,
                            help="Registered model versions: list, show, promote, rollback, pull, gc.")
-console = Console(stderr=True)
-out = Console()
-
-StoreOpt = typer.Option(None, "--store", help="registry store URI (default: registry.store)")
-NameOpt = typer.Option(None, "--name", "-n", help="model name (default: registry.name)")
-ParamsOpt = typer.Option("params.yaml", "--params", "-p", help="params file (missing: defaults)")
-SetOpt = typer.Option(None, "--set", "-s", help="override, e.g. -s registry.store=s3://models/cafe")
 
 
 @contextmanager
@@ -32,45 +26,16 @@ def _errors():
     from cafe.registry import RegistryError
     from cafe.storage import StoreError
 
-    try:
+    with failures(RegistryError, StoreError, FileNotFoundError, FileExistsError, code=1):
         yield
-    except (RegistryError, StoreError, FileNotFoundError, FileExistsError) as err:
-        console.print(f"[red]error[/red]: {err}")
-        raise typer.Exit(1) from None
 
 
 def _open(params: str, overrides: Optional[list[str]], store: Optional[str], name: Optional[str]):
-    from cafe.cli import _params
     from cafe.registry import Registry
 
-    p = _params(params, overrides)
+    p = load(params, overrides)
     with _errors():
         return Registry(store or p.registry.store, progress=True), name or p.registry.name, p
-
-
-def resolve_data_version(value: Optional[str], train_data: str) -> str:
-    """A hash as given, or the ``sha256`` of a ``data_version.json`` (the file, or a pairs directory holding
-    it, local or ``s3://``; default: the directory ``train.data`` names)."""
-    from cafe.data.shards import DATA_VERSION, read_data_version
-    from cafe.registry import RegistryError
-
-    if (value or train_data).startswith("s3://"):  # a shards folder in MinIO/S3 (a KFP run)
-        try:
-            return read_data_version(value or train_data)
-        except (FileNotFoundError, ValueError, OSError) as err:
-            raise RegistryError(f"no data version: {err}") from None
-    candidate = Path(value) if value else Path(train_data)
-    if candidate.is_dir():
-        candidate = candidate / DATA_VERSION
-    if candidate.is_file() and candidate.suffix == ".json":
-        try:
-            return read_data_version(candidate)
-        except ValueError as err:
-            raise RegistryError(str(err)) from None
-    if value:
-        return value
-    raise RegistryError(f"no data version: {train_data} has no data_version.json; pass --data-version HASH or "
-                        "the pairs directory")
 
 
 def _short(text: Optional[str], n: int = 12) -> str:
@@ -84,7 +49,8 @@ def _metric(record: dict, key: str) -> str:
 
 def register(model: str = typer.Option(..., "--model", "-m", help="saved model directory (config.json, weights, "
                                                                   "processor)"),
-             metrics: str = typer.Option(..., "--metrics", help="metrics.json from `cafe evaluate`"),
+             metrics: str = typer.Option(..., "--metrics", help="metrics.json from `cafe evaluate` (per_item.npz "
+                                                               "beside it is stored too)"),
              gate: str = typer.Option(..., "--gate", help="gate.json from `cafe gate`"),
              data_version: Optional[str] = typer.Option(None, "--data-version",
                                                         help="shards hash, data_version.json or pairs directory "
@@ -98,26 +64,23 @@ def register(model: str = typer.Option(..., "--model", "-m", help="saved model d
              allow_failed_gate: bool = typer.Option(False, "--allow-failed-gate"),
              record_out: Optional[str] = typer.Option(None, "--record-out", help="also write the version record here"),
              reference: Optional[str] = typer.Option(None, "--reference", help="monitor reference folder "
-                                                     "(`cafe monitor reference`), stored as monitor/reference.*"),
+                                                     "(`cafe monitor reference`); default: built now from the model"),
+             with_reference: bool = typer.Option(True, "--with-reference/--no-reference",
+                                                 help="store a monitor reference (without one `cafe monitor` "
+                                                      "cannot watch the version)"),
              store: Optional[str] = StoreOpt, name: Optional[str] = NameOpt,
              params: str = ParamsOpt, set: Optional[list[str]] = SetOpt) -> None:
-    """Register a model version: files + model card + metrics + gate + lineage, visible only when complete."""
-    reg, name, p = _open(params, set, store, name)
-    with _errors():
-        from cafe.monitoring.reference import registry_files
+    """Register a model version: files + model card + metrics + per-item results + gate + lineage + monitor
+    reference, visible only when complete."""
+    from cafe.stages.register import register as run
 
-        per_item = Path(metrics).parent / "per_item.npz"  # lets a later gate bootstrap against this version
-        extra = {**({"per_item.npz": per_item} if per_item.is_file() else {}),
-                 **(registry_files(reference) if reference else {})}
-        record = reg.register(model, name, metrics=metrics, gate=gate, extra_files=extra or None,
-                              data_version=resolve_data_version(data_version, p.train.data),
-                              params=training_params, parent=parent or p.train.base_model,
-                              alias=p.registry.alias_on_register if alias is None else alias,
-                              allow_failed_gate=allow_failed_gate)
-    if record_out:
-        Path(record_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(record_out).write_text(json.dumps(record, indent=1))
-    table = Table(title=f"registered {name} v{record['version']} in {reg.store.uri}")
+    quiet_libraries()
+    p = load(params, set)
+    with _errors():
+        record = run(p, model, metrics, gate, data_version=data_version, parent=parent, params=training_params,
+                     alias=alias, reference=reference, with_reference=with_reference,
+                     allow_failed_gate=allow_failed_gate, store=store, name=name, record_out=record_out)
+    table = Table(title=f"registered {record['name']} v{record['version']} in {store or p.registry.store}")
     table.add_column("field")
     table.add_column("value")
     for field in ("version", "data_version", "code_version", "parent", "upload_id"):

@@ -12,15 +12,14 @@ from typing import Optional
 
 import typer
 import yaml
-from rich.console import Console
+
+from cafe.cli.options import SetOpt as _SetOpt, console, fail, params as load
 
 pipeline_app = typer.Typer(add_completion=False, no_args_is_help=True,
                            help="Kubeflow pipeline: compile the YAML to upload, run it locally, submit it.")
-console = Console(stderr=True)
-
 ParamsOpt = typer.Option("params.yaml", "--params", "-p", help="params file: the parameters' defaults, and the "
                                                              "file the steps read (a path inside the image)")
-SetOpt = typer.Option(None, "--set", "-s", help="override applied when building (and, for run, by every step)")
+SetOpt = _SetOpt
 ImageOpt = typer.Option(None, "--image", help="image every step runs, e.g. ghcr.io/org/cafe:TAG (default: launch.image)")
 ArgOpt = typer.Option(None, "--arg", "-a", help="pipeline parameter NAME=VALUE (value as YAML; repeatable)")
 PipelineOpt = typer.Option("training", "--pipeline", help="which pipelines/<name>.py (each has build(image, params, "
@@ -29,11 +28,10 @@ PipelineOpt = typer.Option("training", "--pipeline", help="which pipelines/<name
 
 def project_root(name: str) -> Path:
     """The checkout (or the image's /workspace) holding components/ and pipelines/<name>.py."""
-    for candidate in (Path.cwd(), Path(__file__).resolve().parents[1]):
+    for candidate in (Path.cwd(), Path(__file__).resolve().parents[2]):
         if (candidate / "pipelines" / f"{name}.py").is_file():
             return candidate
-    console.print(f"[red]error[/red]: no pipelines/{name}.py here; run from the project root")
-    raise typer.Exit(2)
+    fail(f"no pipelines/{name}.py here; run from the project root")
 
 
 def build_pipeline(params_file: str, overrides: Optional[list[str]], image: Optional[str], step_params: str,
@@ -41,12 +39,10 @@ def build_pipeline(params_file: str, overrides: Optional[list[str]], image: Opti
     """Pipeline ``name`` for ``image`` with the defaults of the params file (+ overrides)."""
     import importlib
 
-    from cafe.cli import _params
-
     root = str(project_root(name))
     if root not in sys.path:
         sys.path.insert(0, root)
-    p = _params(params_file, overrides)
+    p = load(params_file, overrides)
     module = importlib.import_module(f"pipelines.{name}")
     return module.build(image or p.launch.image, p, params_file=step_params), p
 
@@ -57,8 +53,7 @@ def parse_args(items: Optional[list[str]]) -> dict:
     for item in items or []:
         name, sep, raw = item.partition("=")
         if not sep or not name.strip():
-            console.print(f"[red]error[/red]: --arg {item!r} must look like NAME=VALUE")
-            raise typer.Exit(2)
+            fail(f"--arg {item!r} must look like NAME=VALUE")
         out[name.strip()] = yaml.safe_load(raw)
     return out
 
@@ -67,8 +62,7 @@ def _check_names(pipeline, args: dict) -> None:
     known = set(pipeline.component_spec.inputs or {})
     unknown = sorted(set(args) - known)
     if unknown:
-        console.print(f"[red]error[/red]: unknown pipeline parameter(s) {unknown}; known: {sorted(known)}")
-        raise typer.Exit(2)
+        fail(f"unknown pipeline parameter(s) {unknown}; known: {sorted(known)}")
 
 
 def compile_to(pipeline, out: str) -> Path:
@@ -97,8 +91,7 @@ def run_cmd(local: bool = typer.Option(False, "--local", help="run with KFP's lo
     """Run the same pipeline here (train_mode=local: the trainer runs in the train step), on the embedded
     default unless --arg / -s say otherwise."""
     if not local:
-        console.print("[red]error[/red]: only --local runs here; use `cafe pipeline submit` for a KFP endpoint")
-        raise typer.Exit(2)
+        fail("only --local runs here; use `cafe pipeline submit` for a KFP endpoint")
     from kfp import local as kfp_local
 
     step_params = str(Path(params).resolve()) if Path(params).is_file() else params
@@ -109,9 +102,8 @@ def run_cmd(local: bool = typer.Option(False, "--local", help="run with KFP's lo
     for name in ("data_uri", "eval_data_uri", "base_model"):
         where = str(arguments.get(name, inputs[name].default))
         if "://" not in where and not Path(where).exists():
-            console.print(f"[red]error[/red]: {name} {where} does not exist; on the embedded default run "
-                          "`cafe synth` and `cafe pretrain` first (or `make demo`), or pass --arg {name}=...")
-            raise typer.Exit(2)
+            fail(f"{name} {where} does not exist; on the embedded default run `cafe synth` and `cafe pretrain` "
+                 f"first (or `make demo`), or pass --arg {name}=...")
     kfp_local.init(runner=kfp_local.SubprocessRunner(use_venv=False), pipeline_root=pipeline_root,
                    raise_on_error=True)
     console.print(f"running {pipeline.name} locally: {arguments}")

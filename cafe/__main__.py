@@ -1,0 +1,5 @@
+"""`python -m cafe ...`: the `cafe` command."""
+
+from cafe.cli import main
+
+main()

@@ -1,0 +1,87 @@
+"""`cafe serve`, `cafe index` and `cafe monitor [reference|window]`: serving, gallery index and drift monitor.
+
+The model is a directory (``--model``) or the registry version ``serve.ref`` / ``monitor.ref`` (an alias such as
+production) pulled into a local cache; stores are ``open_store`` URIs from params.yaml's ``serve:`` / ``monitor:``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+from cafe.cli.options import ModelOpt, ParamsOpt, SetOpt, console, out, params as load, quiet_libraries
+
+monitor_app = typer.Typer(add_completion=False, help="Drift monitor: a traffic window against the served "
+                          "version's reference -> summary.json (ok / warn / retrain) + Evidently HTML.")
+
+
+def serve(model: Optional[str] = ModelOpt, host: Optional[str] = typer.Option(None, help="default: serve.host"),
+          port: Optional[int] = typer.Option(None, help="default: serve.port"),
+          params: str = ParamsOpt, set: Optional[list[str]] = SetOpt) -> None:
+    """The model behind KServe's V1/V2 endpoints (<name> for embeddings + search, <name>-generate), with
+    POST /v1/feedback; every answer goes to the traffic log with the model version."""
+    from cafe.stages.serve import serve as run
+
+    quiet_libraries()
+    run(load(params, set), model, host, port, log=console.print)
+
+
+def index(model: Optional[str] = ModelOpt, params: str = ParamsOpt, set: Optional[list[str]] = SetOpt) -> None:
+    """(Re)compute the gallery embeddings of the served version (after a promotion to production marked them
+    stale) into serve.index_store."""
+    from cafe.stages.index import index as run
+
+    quiet_libraries()
+    p = load(params, set)
+    built = run(p, model)
+    out.print(f"gallery index {built['version']}: {built['images']} images -> {p.serve.index_store}")
+    if built["status"] is not None:
+        out.print(f"reindex status of {p.serve.ref}: {json.dumps(built['status'])}")
+
+
+@monitor_app.callback(invoke_without_command=True)
+def monitor(ctx: typer.Context, model: Optional[str] = ModelOpt,
+            reference: Optional[str] = typer.Option(None, "--reference", help="reference folder (default: the one "
+                                                    "registered with monitor.ref)"),
+            probe: bool = typer.Option(True, "--probe/--no-probe", help="re-embed the probe set with the model"),
+            out_dir: Optional[str] = typer.Option(None, "--out", "-o", help="default: monitor.out"),
+            pairs_out: Optional[str] = typer.Option(None, "--pairs-out", help="on retrain: write the window's "
+                                                    "feedback pairs here (an instruction folder)"),
+            params: str = ParamsOpt, set: Optional[list[str]] = SetOpt) -> None:
+    """Judge the current traffic window: summary.json with decision ok / warn / retrain + Evidently HTML."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from cafe.report import print_monitor_summary
+    from cafe.stages.monitor import monitor as run
+
+    quiet_libraries()
+    summary, counts = run(load(params, set), model, reference, out_dir, pairs_out, probe)
+    print_monitor_summary(summary, out)
+    if counts is not None:
+        console.print(f"window pairs -> {pairs_out}: {counts}")
+
+
+@monitor_app.command("reference")
+def reference_cmd(model: str = typer.Option(..., "--model", "-m", help="model directory"),
+                  out_dir: str = typer.Option(..., "--out", "-o", help="folder for reference.json + reference.npz"),
+                  params: str = ParamsOpt, set: Optional[list[str]] = SetOpt) -> None:
+    """Build the monitor reference of a model (validation embeddings, top-1 similarity statistics, probe
+    metrics); `cafe register` builds and stores it itself, or takes this folder with --reference DIR."""
+    from cafe.stages.reference import reference as run
+
+    quiet_libraries()
+    meta = run(load(params, set), model, out_dir)
+    out.print_json(json.dumps({k: meta[k] for k in ("validation", "probe", "modality_gap", "top1_score")}))
+
+
+@monitor_app.command("window")
+def window_cmd(out_path: str = typer.Option(..., "--out", "-o", help="instruction folder (instructions.json + images/)"),
+               params: str = ParamsOpt, set: Optional[list[str]] = SetOpt) -> None:
+    """The current window's feedback-labelled searches as training pairs (chosen image, query text)."""
+    from cafe.monitoring.run import write_window_pairs
+    from cafe.serving.traffic import TrafficLog
+
+    p = load(params, set)
+    window = TrafficLog(p.monitor.traffic_store).read_window(p.monitor.window_hours, p.monitor.window_max_requests)
+    console.print(f"window pairs -> {out_path}: {write_window_pairs(window, p, out_path)}")
