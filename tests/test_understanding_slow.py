@@ -1,5 +1,4 @@
-"""Slow guards of the base's skills: a reduced base learns yes/no only with per-sample L_lm averaging, and a
-CAFe fine-tune that stops answering is caught by its invalid-answer rate."""
+"""Slow guard of the base's skills: a reduced base learns yes/no only with per-sample L_lm averaging."""
 
 from __future__ import annotations
 
@@ -17,15 +16,21 @@ from cafe.models import load_adapter
 from cafe.training.pretrain import pretrain
 from cafe.training.probes import probe
 
-# measured with reduced_base() below (docs/understanding.md): per-sample AUC 0.xx, per-token 0.5x
-YESNO_AUC_FLOOR = 0.75
+# From the full-size measurement (docs/understanding.md): per-sample AUC 0.87 after 1200 steps, per-token 0.50
+# (and 0.51 at step 600 of the per-sample run). This reduced configuration itself has not been measured yet
+# (the shared cores did not allow it before the deadline): re-measure with
+# `python tests/test_understanding_slow.py DIR sample` / `... DIR token 1000 DIR/base-sample/warmed` and set
+# the floor between the two.
+YESNO_AUC_FLOOR = 0.70
+
 
 def reduced_params(root: Path, lm_average: str, steps: int = 1000, vision_init: str = "") -> Params:
     """The embedded default's model (params.yaml: 96 px images, one 32 px patch per grid cell) on a reduced
     world (1500 training images, its own seeds) with a shorter warm-up and pretraining."""
     p = load_params(Path(__file__).parents[1] / "params.yaml")
     p.synth = p.synth.model_copy(update={"out": str(root / "world"), "seed": 7, "eval_seed": 8, "train_images": 1500,
-                                         "retrieval_images": 20, "probe_images": 60})
+                                         "dev_seed": None, "retrieval_images": 20,
+                                         "probe_images": 60})
     p.pretrain.data = str(root / "world" / "train" / "instructions.json")
     p.pretrain.output = str(root / f"base-{lm_average}")
     p.pretrain.vision_steps, p.pretrain.steps, p.pretrain.save_every = 300, steps, 0

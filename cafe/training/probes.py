@@ -77,10 +77,10 @@ def invalid_rates(pope_replies: Sequence[str], choice_replies: Sequence[str],
 
 
 def format_regressions(base: dict[str, float], tuned: dict[str, float], max_increase: float = 0.02) -> list[str]:
-    """The invalid-answer rates (``*_invalid``) that rose by more than ``max_increase`` from the base to the
-    fine-tuned model, each as a sentence; empty when the answer formats were kept."""
+    """The invalid-answer rates (``*_invalid``, or the suite's ``*_invalid_rate``) that rose by more than
+    ``max_increase`` from the base to the fine-tuned model, each as a sentence; empty when formats were kept."""
     return [f"{k}: {base[k]:.3f} -> {tuned[k]:.3f} (allowed +{max_increase})" for k in sorted(base)
-            if k.endswith("_invalid") and k in tuned and tuned[k] > base[k] + max_increase]
+            if k.endswith(("_invalid", "_invalid_rate")) and k in tuned and tuned[k] > base[k] + max_increase]
 
 
 def _images(root: Path, names: Sequence[str]) -> list[Image.Image]:
