@@ -122,6 +122,9 @@ class ObjectiveConfig(_Section):
     temperature: float = 0.05
     # Eq. 1 as printed sums the two directions; the published code averages them.
     directions: Literal["sum", "mean"] = "mean"
+    # how L_lm averages its token losses over the global batch: "token" (one mean over every answer token,
+    # so long answers outweigh one-word ones) or "sample" (each sample's token mean, then the mean over samples)
+    lm_average: Literal["token", "sample"] = "token"
 
 
 class OptimConfig(_Section):
@@ -141,6 +144,21 @@ class OptimConfig(_Section):
     balance_every: int = Field(10, ge=1)
 
 
+class ReplayConfig(_Section):
+    """The instruction mixture replayed into L_lm (``train.lm_source: replay``): each pair's language sample is
+    one of the instruction records of the same image, its kind drawn with these weights (kinds an image lacks
+    are skipped, the rest renormalised)."""
+
+    data: str = "data/shapes/train/instructions.json"  # LLaVA-OneVision records (JSON list) with ``kind``
+    mix: dict[str, float] = Field(default_factory=lambda: {"brief": 1.0, "detailed": 1.0, "yesno": 2.0, "choice": 1.0})
+
+    @model_validator(mode="after")
+    def _positive(self) -> "ReplayConfig":
+        if not self.mix or any(w < 0 for w in self.mix.values()) or sum(self.mix.values()) <= 0:
+            raise ValueError(f"train.replay.mix {self.mix}: give each record kind a weight >= 0, at least one > 0")
+        return self
+
+
 class TrainConfig(_Section):
     """`cafe train` (CAFe fine-tuning) and, with alpha_con = 0, `cafe pretrain`."""
 
@@ -148,6 +166,10 @@ class TrainConfig(_Section):
     # "single": the paper's one caption for both losses; "short_long": the short caption for L_con and the
     # long caption for L_lm (VladVA)
     captions: Literal["single", "short_long"] = "single"
+    # what L_lm trains on: "pairs", the repurposed caption of each pair (the paper); "replay", an instruction
+    # record of the same image drawn from ``replay`` (L_con stays on the pair's caption)
+    lm_source: Literal["pairs", "replay"] = "pairs"
+    replay: ReplayConfig = Field(default_factory=ReplayConfig)
     base_model: str = "models/base"
     output: str = "runs/cafe"
     epochs: float = 1.0
@@ -195,9 +217,14 @@ class PretrainConfig(_Section):
     vision_steps: int = 600
     vision_lr: float = 1e-3
     vision_batch_size: int = 64
+    # a model saved after a warm-up (an earlier run's <output>/warmed): start the language-only steps from it
+    vision_init: str = ""
     # parts kept as the warm-up left them during the language-only steps (no gradients at all)
     frozen: list[Literal["vision_tower", "projector"]] = Field(default_factory=lambda: ["vision_tower", "projector"])
     warmup_ratio: float = 0.05
+    # L_lm averaging (ObjectiveConfig.lm_average): "sample" lets one-word answers (yes/no, a letter) weigh
+    # as much as a detailed description
+    lm_average: Literal["token", "sample"] = "token"
     seed: int = 0
     save_every: int = 250  # steps; a long pretraining keeps its progress
 

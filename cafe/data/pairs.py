@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 from torch.utils.data import Dataset
 
+from cafe.data.replay import ReplayDataset
 from cafe.data.samples import Sample
 from cafe.data.shards import filesystem, read_data_version
 
@@ -84,9 +85,13 @@ class ShardDataset(Dataset):
         return {**self.__dict__, "_cache": OrderedDict(), "_cached_bytes": 0, "_fs": None}
 
 
-def pairs_dataset(params, split: str = "train") -> ShardDataset:
-    """The training pairs ``params.train.data`` names, with the configured caption prompt and switch."""
-    return ShardDataset(params.train.data, split, params.prompts.caption, params.train.captions)
+def pairs_dataset(params, split: str = "train") -> Dataset:
+    """The training pairs ``params.train.data`` names, with the configured caption prompt and switch; with
+    ``train.lm_source: replay`` their language samples come from ``train.replay`` (:mod:`cafe.data.replay`)."""
+    pairs = ShardDataset(params.train.data, split, params.prompts.caption, params.train.captions)
+    if params.train.lm_source == "replay":
+        return ReplayDataset(pairs, params.train.replay)
+    return pairs
 
 
 

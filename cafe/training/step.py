@@ -4,7 +4,8 @@ Running each term's forward and backward together (rather than building every gr
 term's graph alive at a time, lets the optimizer clip each term's gradient on its own, and makes
 gradient caching possible:
 
-- ``lm``: next-token loss on the answers, the mean over the global batch's answer tokens; computed in
+- ``lm``: next-token loss on the answers, the mean over the global batch's answer tokens
+  (``objective.lm_average: token``) or over its samples of each sample's token mean (``sample``); computed in
   chunks of ``train.grad_cache_chunk`` samples when set, each chunk back-propagated at once.
 - ``con``: symmetric InfoNCE over the global batch. Without caching, embeddings keep their graph and are
   gathered across ranks with gradient. With ``train.grad_cache_chunk`` (gradient caching, Gao et al. 2021):
@@ -29,10 +30,10 @@ import torch
 
 from cafe.config import TrainConfig
 from cafe.distributed import gather, gather_with_grad
-from cafe.models.adapter import IGNORE_INDEX, VLMAdapter
+from cafe.models.adapter import VLMAdapter
 from cafe.objective import caption_ids, info_nce
 from cafe.training import shared_prefix
-from cafe.training.terms import Backward, Term, Terms, plain_backward, replay, rng_snapshot
+from cafe.training.terms import Backward, Term, Terms, plain_backward, replay, rng_snapshot, token_weights
 from cafe.training.terms import spans as _spans
 
 
@@ -40,13 +41,13 @@ def lm_term(adapter: VLMAdapter, batch: dict, terms: Terms, chunk: int, backward
     def run() -> torch.Tensor:
         parts = [adapter.lm_inputs(batch["images"][lo:hi], batch["prompts"][lo:hi], batch["answers"][lo:hi])
                  for lo, hi in _spans(len(batch["images"]), chunk)]
-        local = sum((p["labels"][:, 1:] != IGNORE_INDEX).sum() for p in parts)
-        counts = gather(local[None])
+        weights = [token_weights(p["labels"][:, 1:], terms.objective.lm_average) for p in parts]
+        counts = gather(sum(n for _, n in weights)[None])
         # gradients are averaged across ranks afterwards, hence the world-size factor
         scale = len(counts) / counts.sum()
         total = torch.zeros((), device=adapter.device)
-        for inputs in parts:
-            loss = adapter.lm_loss(inputs, reduction="sum") * scale
+        for inputs, (w, _) in zip(parts, weights):
+            loss = (adapter.lm_loss(inputs, reduction="none") * w).sum() * scale
             backward(terms.weighted(lm=loss))
             total += loss.detach()
         return total

@@ -38,6 +38,19 @@ class Terms(dict):
         return sum(combine(losses, self.objective, self.scales).values())
 
 
+def token_weights(targets: torch.Tensor, average: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights of the labelled next-token targets (in ``targets[targets != -100]`` order) and the local count
+    they are normalised by (``objective.lm_average``): "token", every token 1, over the answer tokens;
+    "sample", each token 1 / its sample's answer length, over the samples that have an answer."""
+    keep = targets != -100
+    if average == "token":
+        return torch.ones(int(keep.sum()), device=targets.device), keep.sum()
+    if average != "sample":
+        raise ValueError(f"lm_average must be 'token' or 'sample', got {average!r}")
+    per_row = keep.sum(dim=1, keepdim=True)
+    return (1.0 / per_row.clamp(min=1)).expand_as(keep)[keep], (per_row > 0).sum()
+
+
 def spans(n: int, chunk: int) -> list[tuple[int, int]]:
     size = chunk if 0 < chunk < n else n
     return [(lo, min(lo + size, n)) for lo in range(0, n, size)]
