@@ -8,10 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from cafe.models.adapter import VLMAdapter
 
 CONTRACT_FILE = "embedding_contract.json"
 CONTRACT_SCHEMA = "cafe.embedding_contract/1"
@@ -21,7 +18,7 @@ class ContractMismatch(ValueError):
     """Two embedding contracts differ (a model and its index, or a model and the prompts it is served with)."""
 
 
-def contract_of(adapter: "VLMAdapter") -> dict:
+def contract_of(adapter) -> dict:
     """The contract of an adapter as loaded now (its prompts, padding, soft prompt, model width, template)."""
     template = adapter.processor.chat_template or ""
     text_config = getattr(adapter.model.config, "text_config", adapter.model.config)
@@ -47,7 +44,7 @@ def contract_digest(contract: dict) -> str:
     return hashlib.sha256(json.dumps(contract, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def write_contract(adapter: "VLMAdapter", path: str | Path) -> dict:
+def write_contract(adapter, path: str | Path) -> dict:
     contract = contract_of(adapter)
     (Path(path) / CONTRACT_FILE).write_text(json.dumps(contract, indent=1, sort_keys=True) + "\n")
     return contract

@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import base64
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from fastapi import Request
 
 from cafe.serving.requests import RequestError, json_body, openai_chat, openai_embedding_queries
 
-if TYPE_CHECKING:
-    from cafe.serving.server import Service
 
 PREFIXES = ("", "/openai")
 _CODES = {404: "model_not_found", 413: "request_too_large"}
@@ -46,12 +44,12 @@ def _encode(vector: list[float | None], fmt: str) -> list[float | None] | str:
     return base64.b64encode(values.tobytes()).decode()
 
 
-def _tokens(service: "Service", texts: list[str]) -> int:
+def _tokens(service, texts: list[str]) -> int:
     tokenizer = service.adapter.tokenizer
     return sum(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
 
 
-def add_openai_routes(app, service: "Service") -> None:
+def add_openai_routes(app, service) -> None:
     """Register the OpenAI-compatible routes on KServe's FastAPI app (before KServe's own, so that
     ``GET /v1/models`` answers both protocols)."""
     from starlette.concurrency import run_in_threadpool

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
@@ -12,8 +11,6 @@ from fastapi.responses import JSONResponse
 from cafe.serving.openai_api import add_openai_routes
 from cafe.serving.requests import BodyLimit, RequestError, feedback_body, json_body
 
-if TYPE_CHECKING:
-    from cafe.serving.server import Service
 
 
 async def request_error(_, err: RequestError) -> JSONResponse:
@@ -27,7 +24,7 @@ async def validation_error(_, err: RequestValidationError) -> JSONResponse:
     return JSONResponse(status_code=422, content={"error": where or "invalid request body"})
 
 
-def add_routes(app, service: "Service") -> None:
+def add_routes(app, service) -> None:
     """Register on ``app`` before KServe registers its own routes (so ``GET /v1/models`` answers both APIs)."""
 
     async def feedback(request: Request):
