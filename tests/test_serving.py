@@ -8,7 +8,6 @@ import base64
 import io
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from cafe.registry import Registry
+from cafe.stages.smoke import stop_server
 from cafe.serving.traffic import TrafficLog
 from tests.conftest import make_adapter
 
@@ -44,14 +44,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM, then SIGKILL after 30 s: a server started by a test, stopped by its pid."""
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+stop = stop_server  # a server started by a test, stopped by its pid
 
 
 def _b64(path) -> str:

@@ -102,11 +102,16 @@ def smoke(params_file: str, overrides: list[str], name: str, karpathy: str | Pat
                 feedback += 1
         version = first[0].get("model_version")
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_server(proc)
     return {"version": version, "embedding_dim": dim, "caption": caption, "images": len(chosen),
             "searches": len(chosen), "feedback": feedback, "pid": proc.pid}
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after 30 s: a server this process started, stopped by its pid."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
