@@ -10,8 +10,10 @@ import torch
 from cafe.config import Params, SynthConfig, TinyModelConfig
 from cafe.data import shapes
 from cafe.models import build_tiny
+from cafe.processes import short_socket_dir
 
 torch.set_num_threads(2)
+short_socket_dir()  # tests that fork loader workers or pools directly, under a long TMPDIR too
 
 pytest_plugins = ["tests.s3_server"]
 

@@ -36,6 +36,7 @@ from cafe.data.captions import clean_answer, short_caption, usable
 from cafe.data.images import ImageRejected, clean_image
 from cafe.data.shards import DATA_VERSION, ShardWriter, write_data_version
 from cafe.data.sources import InputError, Item, Record, Rejected, load_sources, read_source, source_files
+from cafe.processes import short_socket_dir
 
 BATCH = 64
 REASONS = {
@@ -139,6 +140,7 @@ def ordered_map(fn: Callable, tasks: Iterable, workers: int, in_flight: int) -> 
     if workers <= 1:
         yield from map(fn, tasks)
         return
+    short_socket_dir()
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload([__name__])  # workers fork from a server that imported this module once
     with ctx.Pool(workers) as pool:

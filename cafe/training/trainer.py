@@ -35,6 +35,7 @@ from cafe.config import Params, TrainConfig, save_params
 from cafe.data.samples import GlobalBatchSampler, Sample, SampleDataset, collate, steps_for_epochs
 from cafe.distributed import DistEnv, barrier
 from cafe.models import load_adapter
+from cafe.processes import short_socket_dir
 from cafe.storage import localize
 from cafe.models.adapter import VLMAdapter
 from cafe.objective import combine
@@ -229,6 +230,8 @@ class Trainer:
 
         sampler = GlobalBatchSampler(len(dataset), cfg.batch_size, dist.world_size, dist.rank, cfg.seed,
                                      start_step=step, total_steps=total)
+        if cfg.num_workers:
+            short_socket_dir()
         loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
                             num_workers=cfg.num_workers, persistent_workers=False)
         validate = self._val_loader(val)

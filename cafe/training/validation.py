@@ -20,6 +20,7 @@ from cafe.data.samples import collate
 from cafe.distributed import DistEnv
 from cafe.models.adapter import VLMAdapter
 from cafe.objective import combine
+from cafe.processes import short_socket_dir
 from cafe.training.step import loss_terms
 
 
@@ -40,6 +41,8 @@ def val_loader(data: Dataset, cfg: TrainConfig, dist: DistEnv) -> DataLoader | N
     batches = val_batches(len(data), cfg.batch_size, dist.world_size, dist.rank)
     if not batches:
         return None
+    if cfg.num_workers:
+        short_socket_dir()
     return DataLoader(data, batch_sampler=batches, collate_fn=collate, num_workers=cfg.num_workers)
 
 
