@@ -179,7 +179,12 @@ def auto_processor() -> dict:
         config = Path(tmp) / "processor_config.json"
         if config.is_file():
             out["saved_processor_class"] = json.loads(config.read_text()).get("processor_class")
-        processor = AutoProcessor.from_pretrained(tmp)
+        try:
+            processor = AutoProcessor.from_pretrained(tmp)
+        except ImportError as err:  # the loud failure a missing dependency (torchvision) must give: recorded
+            out["load_error"] = f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
+            out["ok"] = False
+            return out
         out["loaded_class"] = type(processor).__name__
         image = Image.new("RGB", (p.synth.image_size, p.synth.image_size), (200, 30, 30))
         text = adapter._template(adapter._messages([{"type": "image"}, {"type": "text", "text": "Describe."}]), True)

@@ -39,6 +39,14 @@ def test_cpu_dry_run_runs_every_section(tmp_path):
     for name in ("exactness", "steps", "embedding_throughput", "auto_processor"):
         assert "error" not in result[name] if isinstance(result[name], dict) else True, result[name]
     assert all(r["ok"] and r["family"] in ("llava_onevision", "qwen2_vl") for r in result["exactness"])
+    auto = result["auto_processor"]
+    assert auto["saved_processor_class"] == "LlavaOnevisionProcessor"
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:  # here: AutoProcessor must fail loudly, never hand back a text-only processor
+        assert "torchvision" in auto["load_error"].lower() and auto["ok"] is False, auto
+    else:
+        assert auto["ok"], auto
     modes = {r["mode"] for r in result["steps"]["rows"]}
     assert modes == {"language_only", "three_pass", "shared_prefix_per_loss", "shared_prefix_global",
                      "shared_prefix_balanced"}

@@ -25,7 +25,9 @@ def test_cafe_quick_training_learns_both_objectives(params, tmp_path):
     params.repurpose.image_root = str(world / "train")
     samples = pairs(params)
     cfg = params.train
-    cfg.max_steps, cfg.batch_size, cfg.seed = 90, 32, 0
+    # 150 steps: the training world without the held-out scenes (mostly 2-3 objects) is learnt more slowly than
+    # the old one, whose loss_con fell 20% in 90 steps (now 8%)
+    cfg.max_steps, cfg.batch_size, cfg.seed = 150, 32, 0
     cfg.optim.lr, cfg.optim.lr_vision, cfg.optim.warmup_ratio = 3e-3, 3e-3, 0.1
     cfg.objective.alpha_lm, cfg.objective.alpha_con, cfg.objective.temperature = 1.0, 1.0, 0.1
     params.model.tiny.text_hidden = params.model.tiny.vision_hidden = 64

@@ -62,6 +62,7 @@ def train_contrastive(p, pairs: str | Path, out: str | Path, steps: int, init, p
     cfg.data, cfg.output, cfg.max_steps, cfg.batch_size, cfg.seed = str(Path(out) / "pairs"), str(out), steps, 32, 0
     cfg.optim.lr, cfg.optim.lr_vision, cfg.optim.warmup_ratio = 3e-3, 3e-3, 0.1
     cfg.objective.alpha_lm, cfg.objective.alpha_con, cfg.objective.temperature = 0.0, 1.0, 0.1
+    cfg.lm_source = "pairs"  # no L_lm here, so no instruction mixture to replay
     # every pair trains: the scenario's reference and probe are worlds of their own
     repurpose(p.repurpose.model_copy(update={"val_fraction": 0.0}), source=str(pairs), out=cfg.data)
     return train(p, base_model=init, resume=False, dist=DistEnv(), progress=progress)
