@@ -7,6 +7,7 @@ next to its outputs, so the lineage of an artifact is always readable.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import re
@@ -32,10 +33,10 @@ class SynthConfig(_Section):
     # share of the scene space held out for the evaluation world, and as much again for the dev world: a
     # scene's world is a hash of its content, so the training world never draws a dev or evaluation scene
     held_out_share: float = Field(0.1, gt=0, le=0.25)
-    image_size: int = 64
-    train_images: int = 4000
-    retrieval_images: int = 500
-    probe_images: int = 200
+    image_size: int = Field(64, ge=16)
+    train_images: int = Field(4000, ge=1)
+    retrieval_images: int = Field(500, ge=1)
+    probe_images: int = Field(200, ge=1)
     object_count_weights: list[float] = Field(default_factory=lambda: [0.2, 0.4, 0.4])
     # one MMStar-style multiple-choice record per training image (kind "choice")
     choice_records: bool = True
@@ -117,9 +118,9 @@ class PromptConfig(_Section):
 class ObjectiveConfig(_Section):
     """L = alpha_lm * L_lm + alpha_con * L_con (paper Eq. 3)."""
 
-    alpha_lm: float = 1.0
-    alpha_con: float = 10.0
-    temperature: float = 0.05
+    alpha_lm: float = Field(1.0, ge=0)
+    alpha_con: float = Field(10.0, ge=0)
+    temperature: float = Field(0.05, gt=0)
     # Eq. 1 as printed sums the two directions; the published code averages them.
     directions: Literal["sum", "mean"] = "mean"
     # how L_lm averages its token losses over the global batch: "token" (one mean over every answer token,
@@ -128,19 +129,19 @@ class ObjectiveConfig(_Section):
 
 
 class OptimConfig(_Section):
-    lr: float = 1e-5  # projector + LLM
-    lr_vision: float = 2e-6  # vision tower
-    weight_decay: float = 0.0
+    lr: float = Field(1e-5, ge=0)  # projector + LLM
+    lr_vision: float = Field(2e-6, ge=0)  # vision tower
+    weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
-    warmup_ratio: float = 0.03
-    min_lr_ratio: float = 0.0
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
     # "per_loss" clips the contrastive and language gradients separately before adding them, so that
     # alpha_con = 10 cannot starve the language term under one shared clip; "global" clips their sum.
     # "balanced": per-loss clipping measured every `balance_every` steps (two backwards), its factors applied
     # as loss weights on the steps between (one backward; cafe/training/optim.py LossBalance).
     # Under train.strategy=deepspeed the engine clips the total (no rank holds a whole per-term gradient).
     clip_mode: Literal["per_loss", "balanced", "global", "none"] = "per_loss"
-    clip_norm: float = 1.0
+    clip_norm: float = Field(1.0, gt=0)
     balance_every: int = Field(10, ge=1)
 
 
@@ -172,14 +173,14 @@ class TrainConfig(_Section):
     replay: ReplayConfig = Field(default_factory=ReplayConfig)
     base_model: str = "models/base"
     output: str = "runs/cafe"
-    epochs: float = 1.0
-    max_steps: int = 0  # > 0 overrides epochs
-    batch_size: int = 32  # per process
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = Field(0, ge=0)  # > 0 overrides epochs
+    batch_size: int = Field(32, ge=1)  # per process
     seed: int = 0
-    num_workers: int = 0
-    save_every: int = 0  # steps; 0 = only at the end
-    keep_last: int = 2
-    log_every: int = 10
+    num_workers: int = Field(0, ge=0)
+    save_every: int = Field(0, ge=0)  # steps; 0 = only at the end
+    keep_last: int = Field(2, ge=1)
+    log_every: int = Field(10, ge=1)
     # steps between validation losses on the data's val/ split (and one after the last step); 0 = off
     eval_every: int = Field(0, ge=0)
     backend: Literal["auto", "gloo", "nccl"] = "auto"
@@ -187,7 +188,7 @@ class TrainConfig(_Section):
     precision: Literal["bf16", "fp32"] = "bf16"
     # gradient caching: > 0 embeds (and runs the language loss on) this many samples at a time, so the
     # contrastive batch can grow without activation memory growing; 0 = the whole per-process batch at once
-    grad_cache_chunk: int = 0
+    grad_cache_chunk: int = Field(0, ge=0)
     # "three_pass": separate language, image-embedding and text-embedding forwards (the reference);
     # "shared_prefix": one packed forward per sample for both objectives (cafe.training.shared_prefix)
     step: Literal["three_pass", "shared_prefix"] = "three_pass"
@@ -204,29 +205,29 @@ class PretrainConfig(_Section):
 
     data: str = "data/shapes/train/instructions.json"
     output: str = "models/base"
-    steps: int = 2000
-    batch_size: int = 32
-    lr: float = 2e-3
+    steps: int = Field(2000, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(2e-3, gt=0)
     # vision tower during the language-only steps when it is not frozen: None = lr
-    lr_vision: Optional[float] = None
+    lr_vision: Optional[float] = Field(None, ge=0)
     # vision warm-up before the language-only steps (cafe/training/vision_warmup.py): per-cell attributes.
     # "words": tower + projector learn to put the LM's own embeddings of the words naming each cell's object
     # at that cell's image token (LLaVA's projector alignment in miniature); "heads": the tower alone, with
     # linear heads that are thrown away
     vision_target: Literal["words", "heads"] = "words"
-    vision_steps: int = 600
-    vision_lr: float = 1e-3
-    vision_batch_size: int = 64
+    vision_steps: int = Field(600, ge=0)  # 0 = no warm-up
+    vision_lr: float = Field(1e-3, gt=0)
+    vision_batch_size: int = Field(64, ge=1)
     # a model saved after a warm-up (an earlier run's <output>/warmed): start the language-only steps from it
     vision_init: str = ""
     # parts kept as the warm-up left them during the language-only steps (no gradients at all)
     frozen: list[Literal["vision_tower", "projector"]] = Field(default_factory=lambda: ["vision_tower", "projector"])
-    warmup_ratio: float = 0.05
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
     # L_lm averaging (ObjectiveConfig.lm_average): "sample" lets one-word answers (yes/no, a letter) weigh
     # as much as a detailed description
     lm_average: Literal["token", "sample"] = "token"
     seed: int = 0
-    save_every: int = 250  # steps; a long pretraining keeps its progress
+    save_every: int = Field(250, ge=0)  # steps; a long pretraining keeps its progress
 
 
 class SourceConfig(_Section):
@@ -286,19 +287,19 @@ class EvalConfig(_Section):
     """`cafe evaluate`: which parts of the suite run and how much each costs."""
 
     data: str = "data/shapes/eval"
-    batch_size: int = 64
-    max_new_tokens: int = 32  # brief captions
+    batch_size: int = Field(64, ge=1)
+    max_new_tokens: int = Field(32, ge=1)  # brief captions
     recall_ks: list[int] = Field(default_factory=lambda: [1, 5, 10])
     parts: list[Literal[EVAL_PARTS]] = Field(default_factory=lambda: list(EVAL_PARTS[:-1]))  # mmeb: opt in
     # at most this many items per part (images, questions, or pairs per subset/split); absent or 0 = all
     max_items: dict[str, int] = Field(default_factory=dict)
     cache_dir: str = ".cache/cafe/embeddings"  # "" = never cache embeddings
-    similarity_chunk: int = 1024  # query rows per block of the similarity matrix
+    similarity_chunk: int = Field(1024, ge=1)  # query rows per block of the similarity matrix
     detail_prompt: str = "Describe the image in detail."
-    detail_max_new_tokens: int = 64  # THRONE descriptions
-    choice_max_new_tokens: int = 4  # POPE and MMStar answers
+    detail_max_new_tokens: int = Field(64, ge=1)  # THRONE descriptions
+    choice_max_new_tokens: int = Field(4, ge=1)  # POPE and MMStar answers
     throne_vocabulary: str = ""  # class -> synonyms JSON; "" = <data>/throne/vocabulary.json
-    geometry_max_points: int = 2000  # embeddings per modality kept for the geometry metrics and the scatter
+    geometry_max_points: int = Field(2000, ge=2)  # embeddings per modality kept for the geometry metrics and the scatter
     scatter_method: Literal["auto", "umap", "pca"] = "auto"
     report: bool = True  # report.md + report.html next to metrics.json
     # `cafe prompts rank`: candidate [image prompt, text prompt] pairs, scored on this many retrieval images
@@ -309,7 +310,7 @@ class EvalConfig(_Section):
         ("What is in the image?", "What is in the sentence?"),
         ("In one word:", "In one word:"),
     ])
-    prompt_rank_images: int = 100
+    prompt_rank_images: int = Field(100, ge=1)
 
 
 class GateConfig(_Section):
@@ -338,7 +339,7 @@ class ElasticConfig(_Section):
     min_nodes: int = Field(1, ge=1)
     max_nodes: int = Field(1, ge=1)
     max_restarts: int = Field(3, ge=0)
-    rdzv_port: int = 29400
+    rdzv_port: int = Field(29400, ge=1, le=65535)
 
 
 class Toleration(_Section):
@@ -365,7 +366,7 @@ class LaunchConfig(_Section):
     memory: str = "64Gi"
     shm_size: str = "16Gi"  # /dev/shm for data-loader workers and NCCL
     global_batch: int = Field(0, ge=0)  # > 0 sets train.batch_size = global_batch / (nodes * nproc_per_node)
-    master_port: int = 23456
+    master_port: int = Field(23456, ge=1, le=65535)
     elastic: ElasticConfig = Field(default_factory=ElasticConfig)
     backoff_limit: int = Field(3, ge=0)  # pod restarts before the job fails (resumes from the newest checkpoint)
     ttl_seconds_after_finished: int = Field(0, ge=0)  # 0 = keep the finished job
@@ -416,14 +417,14 @@ class ServeConfig(_Section):
     model_name: str = "cafe"  # the KServe model name: /v1/models/<model_name>:predict
     ref: str = "production"  # registry alias or version served when no model directory is given
     host: str = "0.0.0.0"
-    port: int = 8080
+    port: int = Field(8080, ge=0, le=65535)
     top_k: int = Field(10, ge=1)  # gallery results returned per query (and logged)
     gallery: str = "data/shapes/eval/retrieval_karpathy.json"  # Karpathy JSON or an image folder
     index_store: str = "indexes"  # gallery embeddings per model version (open_store URI)
     traffic_store: str = "traffic"  # request and feedback log (open_store URI)
     log_embeddings: bool = True
     max_new_tokens: int = Field(32, ge=1)  # generation length when a request does not ask
-    batch_size: int = 64
+    batch_size: int = Field(64, ge=1)
     # what one request may ask for (4xx beyond; images also follow repurpose.images, the data stage's policy)
     max_body_bytes: int = Field(32 * 2**20, ge=1024)  # 413 beyond
     max_instances: int = Field(64, ge=1)  # instances / inputs / messages per request
@@ -519,22 +520,75 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _problem(err: dict) -> str:
+    """One pydantic error as ``dotted.key: what is wrong (got value)``."""
+    key = ".".join(str(p) for p in err["loc"])
+    ctx, kind, got = err.get("ctx") or {}, err["type"], err.get("input")
+    bounds = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
+    if kind in bounds:
+        bound = next(iter(ctx.values()))
+        what = f"must be {bounds[kind]} {int(bound) if float(bound).is_integer() else bound}"
+    elif kind == "literal_error":
+        what = f"must be one of {ctx.get('expected')}"
+    elif kind == "extra_forbidden":
+        section = ".".join(str(p) for p in err["loc"][:-1])
+        known = _section_keys(err["loc"][:-1])
+        close = difflib.get_close_matches(str(err["loc"][-1]), known, n=1)
+        what = "no such key" + (f" (did you mean {section + '.' if section else ''}{close[0]}?)" if close else "")
+    elif kind == "value_error":
+        message = err["msg"].removeprefix("Value error, ")
+        return message if message.startswith(key) else f"{key}: {message}"
+    else:
+        what = err["msg"][:1].lower() + err["msg"][1:]
+    return f"{key}: {what} (got {got!r})"
+
+
+def _section_keys(loc: tuple) -> list[str]:
+    model: Any = Params
+    for part in loc:
+        field = model.model_fields.get(str(part)) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        model = field.annotation if field else None
+    return list(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
+
+
+def validate(params: Params) -> Params:
+    """Reject values that fit each field alone but cannot run together, as ``dotted.key: ... (got value)``
+    problems in one :class:`ConfigError` (the field ranges themselves are the schema's ``Field`` bounds)."""
+    problems = []
+    o = params.train.objective
+    if o.alpha_lm == 0 and o.alpha_con == 0:
+        problems.append("train.objective.alpha_con: alpha_lm and alpha_con are both 0, nothing would train (got 0)")
+    for name, beta in zip(("beta1", "beta2"), params.train.optim.betas):
+        if not 0 <= beta < 1:
+            problems.append(f"train.optim.betas: {name} must be in [0, 1) (got {beta})")
+    if any(k < 1 for k in params.evaluate.recall_ks):
+        problems.append(f"evaluate.recall_ks: every K must be >= 1 (got {params.evaluate.recall_ks})")
+    if params.monitor.recall_k > params.serve.top_k:
+        problems.append(f"monitor.recall_k: must be <= serve.top_k ({params.serve.top_k}), the results a query logs "
+                        f"(got {params.monitor.recall_k})")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return params
+
+
 def load_params(path: str | Path | None = "params.yaml", overrides: list[str] | None = None) -> Params:
-    """Load ``params.yaml`` (missing file -> defaults) and apply ``key=value`` overrides."""
+    """Load ``params.yaml`` (missing file -> defaults), apply ``key=value`` overrides and :func:`validate`.
+    Every problem is one ``dotted.key: ... (got value)`` in a one-line :class:`ConfigError` with a hint."""
     raw: dict[str, Any] = {}
     if path is not None and Path(path).exists():
         raw = yaml.safe_load(Path(path).read_text()) or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     raw = _merge(raw, parse_overrides(overrides))
+    hint = f" (fix it in {path or 'the params file'} or with -s KEY=VALUE; cafe/config.py documents every key)"
     try:
-        return Params.model_validate(raw)
+        params = Params.model_validate(raw)
     except ValidationError as err:
-        lines = [f"{path or 'params'}: invalid config"]
-        for e in err.errors():
-            loc = ".".join(str(p) for p in e["loc"])
-            lines.append(f"  {loc}: {e['msg']}")
-        raise ConfigError("\n".join(lines)) from None
+        raise ConfigError("; ".join(_problem(e) for e in err.errors()) + hint) from None
+    try:
+        return validate(params)
+    except ConfigError as err:
+        raise ConfigError(f"{err}{hint}") from None
 
 
 def save_params(params: Params, path: str | Path) -> None:

@@ -129,7 +129,8 @@ def warm_up_vision(adapter: VLMAdapter, samples: list[Sample], steps: int, lr: f
         heads = _LinearHeads(model.config.vision_config.hidden_size).to(adapter.device)
         trained = [*tower.parameters(), *heads.parameters()]
     opt = torch.optim.AdamW(trained, lr=lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    # torch's OneCycleLR divides by zero when pct_start * total_steps is exactly 1 (10 steps at 0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.2 if steps == 10 else 0.1)
     gen = torch.Generator().manual_seed(seed)
     pool = None
     tower.train()
