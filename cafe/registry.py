@@ -47,6 +47,7 @@ from tqdm import tqdm
 from cafe.contract import read_contract
 from cafe.model_card import model_card
 from cafe.storage import AlreadyExists, ObjectStore, UnsafePath, inside, join, open_store, safe_relpath
+from cafe.storage.local import DIR_MODE
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 CARD = "README.md"  # the model card (cafe.model_card), as the Hugging Face hub expects it
@@ -505,6 +506,7 @@ class Registry:
             raise RegistryError(f"{dest} exists and is not empty; pull into a new directory")
         dest.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.pull-"))
+        staging.chmod(DIR_MODE)  # mkdtemp's 0700 would hide the pulled model from other users
         try:
             self._download(record, record["files"], staging)
             (staging / RECORD_FILE).write_text(json.dumps(record, indent=1))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -26,11 +27,11 @@ def comparison(runs: dict[str, dict[str, float]]) -> list[list[str]]:
 
 
 def print_table(runs: dict[str, dict[str, float]], title: str, console: Console | None = None) -> None:
-    table = Table(title=title)
-    table.add_column("metric")
+    table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False)  # runs fit 80 columns with room to spare
+    table.add_column("metric", no_wrap=True)
     for name in runs:
-        table.add_column(name, justify="right")
-    table.add_column("change", justify="right")
+        table.add_column(name, justify="right", no_wrap=True)
+    table.add_column("change", justify="right", no_wrap=True)
     for row in comparison(runs):
         table.add_row(*row)
     (console or Console()).print(table)

@@ -1,6 +1,7 @@
 """The evaluation suite end to end on the small shapes world: files, cache, report, prompt ranking."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -91,6 +92,12 @@ def test_evaluate_writes_metrics_per_item_report_and_reuses_embeddings(adapter, 
     details = json.loads((tmp_path / "base" / "details.json").read_text())
     assert details["counts"]["retrieval"]["images"] == 12 and details["counts"]["sugarcrepe"] == 8
     assert details["embedding_cache"]["misses"] >= 2
+    examples = details["retrieval_examples"]  # the report's example retrievals: caption -> its 5 nearest images
+    assert len(examples) == 6 and all(len(e["top"]) == 5 and Path(e["answer"]).is_file() for e in examples)
+    for e in examples:
+        in_top = [t["image"] for t in e["top"]].index(e["answer"]) if e["answer"] in [t["image"] for t in e["top"]] else None
+        assert (e["rank"] < 5) == (in_top is not None) and (in_top is None or in_top == e["rank"])
+        assert [t["score"] for t in e["top"]] == sorted((t["score"] for t in e["top"]), reverse=True)
 
     second = evaluate(adapter, small_eval, params.prompts, tmp_path / "cafe", compare={"base": tmp_path / "base"})
     details = json.loads((tmp_path / "cafe" / "details.json").read_text())
@@ -100,6 +107,7 @@ def test_evaluate_writes_metrics_per_item_report_and_reuses_embeddings(adapter, 
     page = (tmp_path / "cafe" / "report.html").read_text()
     assert "data:image/png;base64," in page and "http://" not in page and "https://" not in page
     assert "<th>base</th>" in page
+    assert page.count("<img class='thumb'") >= 6 * 5  # the example retrievals' thumbnails, embedded
     assert "| i2t_R@1 |" in (tmp_path / "cafe" / "report.md").read_text()
     assert (tmp_path / "cafe" / "plots" / "embedding_scatter.png").read_bytes()[:4] == b"\x89PNG"
 

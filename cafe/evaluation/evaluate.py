@@ -6,7 +6,8 @@ gap, effective rank, explained variance, 2-D scatter). Writes, under the output 
 
 - ``metrics.json``: one number per key (keys documented in :mod:`cafe.evaluation.per_item`);
 - ``per_item.npz``: the per-item results every metric is computed from (the gate's bootstrap reads them);
-- ``details.json``: THRONE class-wise numbers, item counts, timings, embedding-cache hits;
+- ``details.json``: THRONE class-wise numbers, item counts, timings, embedding-cache hits, a few example
+  retrievals (caption -> top-5 images, for the report);
 - ``replies.jsonl``: every reply of every generative part (captions, POPE, THRONE, MMStar), one line each:
   ``{"id", "part", "image", "prompt", "reply", "parsed", "correct"}`` (:data:`REPLY_FIELDS`);
 - ``generations.jsonl`` (brief captions), ``descriptions.jsonl`` (THRONE), ``plots/*.png``;
@@ -35,7 +36,7 @@ from cafe.evaluation import geometry, mmeb, mmstar, pope, sugarcrepe, throne
 from cafe.evaluation.cache import EmbeddingCache, files_fingerprint, model_fingerprint, texts_fingerprint
 from cafe.evaluation.generation import parse_objects
 from cafe.evaluation.per_item import PerItem, explained_variance, throne_classwise
-from cafe.evaluation.retrieval import load_karpathy, retrieval_ranks
+from cafe.evaluation.retrieval import load_karpathy, retrieval_ranks, text_to_image_examples
 from cafe.models.adapter import VLMAdapter
 
 # metrics.json keys, in the order reports show them (the core keys first; every part adds its own)
@@ -142,6 +143,7 @@ class Evaluator:
         self.per_item.add("retrieval", {"ks": list(self.cfg.recall_ks)}, **arrays)
         self.embeddings.update(image=image_emb, text=text_emb)
         self.details["counts"]["retrieval"] = {"images": len(image_paths), "captions": len(captions)}
+        self.details["retrieval_examples"] = text_to_image_examples(image_emb, text_emb, owner, image_paths, captions)
 
     def geometry(self) -> None:
         if "image" not in self.embeddings:

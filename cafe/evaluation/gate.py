@@ -147,14 +147,21 @@ def write_gate(result: dict, out_dir: str | Path) -> Path:
 
 
 def print_gate(result: dict, console) -> None:
+    """The checks as a table that fits 80 columns (one line per check), then each check's message below it."""
+    from rich import box
     from rich.table import Table
 
-    table = Table(title=f"gate: {'passed' if result['passed'] else 'FAILED'}")
-    for col in ("metric", "check", "value", "CI", "threshold", "result", "message"):
-        table.add_column(col, justify="right" if col in ("value", "threshold") else "left")
+    table = Table(title=f"gate: {'passed' if result['passed'] else 'FAILED'}", box=box.SIMPLE_HEAD, padding=(0, 1),
+                  pad_edge=False)
+    for col in ("metric", "check", "value [95% CI]", "bound", "result"):
+        table.add_column(col, justify="right" if col in ("value [95% CI]", "bound") else "left", no_wrap=True)
     for c in result["checks"]:
         ci = c.get("ci")
-        table.add_row(c["metric"], c["kind"], "—" if c["value"] is None else f"{c['value']:.4f}",
-                      f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "—", str(c["threshold"]),
-                      "[green]pass[/green]" if c["passed"] else "[red]FAIL[/red]", c["message"])
+        value = "—" if c["value"] is None else f"{c['value']:.3f}"
+        table.add_row(c["metric"], c["kind"], value + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""),
+                      str(c["threshold"]), "[green]pass[/green]" if c["passed"] else "[red]FAIL[/red]")
     console.print(table)
+    for c in result["checks"]:
+        colour = "green" if c["passed"] else "red"
+        console.print(f"[{colour}]{'pass' if c['passed'] else 'FAIL'}[/{colour}] {c['metric']} ({c['kind']}): "
+                      f"{c['message']}", markup=True, highlight=False)

@@ -1,13 +1,18 @@
-"""The human report of an evaluation: Markdown and one self-contained HTML file (no network; plots
-embedded as base64 PNG), comparing a model with its base and, where given, other models.
+"""The human report of an evaluation: Markdown and one self-contained HTML file (no network; plots and
+thumbnails embedded as base64 PNG), comparing a model with its base and, where given, other models.
 
-Each run is an evaluation folder (``metrics.json``, optional ``details.json``, ``plots/*.png``,
-``gate.json``). The last run is the model the report is about; the change column is last minus first."""
+The page reads top down: the gate's verdict, the headline (retrieval, generation, hallucination,
+understanding: first → last run with the last one's 95% interval, each card coloured by the gate's verdict
+on it), example retrievals (caption → the 5 nearest images, the right one framed), example replies, then
+every table and plot. Each run is an evaluation folder (``metrics.json``, optional ``details.json`` with
+``retrieval_examples``, ``replies.jsonl``, ``per_item.npz``, ``plots/*.png``, ``gate.json``). The last run
+is the model the report is about; the change is last minus first."""
 
 from __future__ import annotations
 
 import base64
 import html
+import io
 import json
 from pathlib import Path
 
@@ -147,8 +152,119 @@ def _class_rows(details: dict) -> list[list[str]]:
             for name, c in classes.items() if c["support"] or c["predicted"]]
 
 
+def _thumbnail(path: str, size: int = 72) -> str | None:
+    """A small PNG of the image as a data URI (the page stays one self-contained file); None if unreadable."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            img.thumbnail((size, size))
+            buf = io.BytesIO()
+            img.save(buf, format="PNG")
+    except (OSError, ValueError):
+        return None
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _retrieval_examples(runs: dict[str, dict]) -> list[dict]:
+    """The subject's example retrievals (details.json), each with the first run's rank of the same query."""
+    names = list(runs)
+    mine = runs[names[-1]]["details"].get("retrieval_examples", [])
+    before = {e["query"]: e["rank"] for e in runs[names[0]]["details"].get("retrieval_examples", [])} \
+        if len(names) > 1 else {}
+    return [{**e, "before": before.get(e["query"])} for e in mine]
+
+
+def _retrieval_rows(examples: list[dict], names: list[str]) -> list[list[str]]:
+    rows = []
+    for e in examples:
+        rank = str(e["rank"] + 1) if e.get("before") is None else f"{e['before'] + 1} → {e['rank'] + 1}"
+        rows.append([e["query"][:70], Path(e["answer"]).name, rank,
+                     ", ".join(("**" + Path(t["image"]).name + "**") if t["image"] == e["answer"]
+                               else Path(t["image"]).name for t in e["top"])])
+    return rows
+
+
+def _headline_html(head: list[str], rows: list[list[str]], verdicts: list[str], two: bool) -> str:
+    """The headline as cards: per metric, first → last value, the last one's interval, the change and the
+    gate's verdict, the card coloured by that verdict."""
+    cards = []
+    for row, verdict in zip(rows, verdicts):
+        area, metric = row[0], row[1]
+        value, _, ci = row[3 if two else 2].partition(" [")
+        before = row[2] if two else None
+        change = row[4] if two else ""
+        gate = row[-1]
+        better = (change.startswith("-") if lower_is_better(metric) else change.startswith("+")) and change.strip("+-0.")
+        worse = (change.startswith("+") if lower_is_better(metric) else change.startswith("-")) and change.strip("+-0.")
+        direction = "better" if better else ("worse" if worse else "same")
+        flow = (f"<span class='before'>{html.escape(before)}</span> → " if before else "") + \
+            f"<span class='value'>{html.escape(value)}</span>"
+        cards.append(
+            f"<div class='card {verdict or 'none'}'><div class='area'>{html.escape(area)}</div>"
+            f"<div class='metric'>{html.escape(metric)}</div><div class='flow'>{flow}</div>"
+            f"<div class='ci'>{'95% CI [' + html.escape(ci) if ci else 'no interval'}</div>"
+            f"<div class='change {direction}'>{html.escape(change)}</div>"
+            f"<div class='verdict'>gate: {html.escape(gate)}</div></div>")
+    return f"<section id='headline'>{''.join(cards)}</section>"
+
+
+def _retrievals_html(examples: list[dict]) -> str:
+    blocks = []
+    for e in examples:
+        rank = f"right image at rank {e['rank'] + 1}" + (
+            f" (was {e['before'] + 1})" if e.get("before") is not None else "")
+        figures = []
+        shown = [t["image"] for t in e["top"]]
+        for n, t in enumerate(e["top"], 1):
+            right = t["image"] == e["answer"]
+            figures.append(_thumb_figure(t["image"], f"{n}. {t['score']:.2f}" + (" ✓" if right else ""), right))
+        if e["answer"] not in shown:
+            figures.append(_thumb_figure(e["answer"], f"right: {e['rank'] + 1}", True, missed=True))
+        blocks.append(f"<div class='query'><p><q>{html.escape(e['query'])}</q> — {html.escape(rank)}</p>"
+                      f"<div class='thumbs'>{''.join(figures)}</div></div>")
+    return f"<section id='retrievals'>{''.join(blocks)}</section>"
+
+
+def _thumb_figure(path: str, caption: str, right: bool, missed: bool = False) -> str:
+    uri = _thumbnail(path)
+    image = f"<img class='thumb' alt='{html.escape(Path(path).name)}' src='{uri}'>" if uri else \
+        f"<div class='thumb missing'>{html.escape(Path(path).name)}</div>"
+    kind = "right" if right else "other"
+    return (f"<figure class='{kind}{' missed' if missed else ''}' title='{html.escape(path)}'>{image}"
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+STYLE = (
+    "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;padding:0 1em;color:#222}"
+    "table{border-collapse:collapse;margin:1em 0;font-size:14px}"
+    "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child,th:first-child{text-align:left}"
+    "tr.pass td{background:#e3f6e3}tr.fail td{background:#fbe0e0}"
+    ".banner{padding:.6em 1em;border-radius:6px;font-weight:600;display:inline-block}"
+    ".banner.pass{background:#e3f6e3;color:#185c18}.banner.fail{background:#fbe0e0;color:#8a1c1c}"
+    ".banner.none{background:#eee;color:#444}"
+    "#headline{display:grid;grid-template-columns:repeat(auto-fill,minmax(200px,1fr));gap:10px;margin:1em 0}"
+    ".card{border-radius:8px;padding:10px 12px;border:2px solid #ccc;background:#fafafa}"
+    ".card.pass{border-color:#4caf50;background:#eef9ee}.card.fail{border-color:#e53935;background:#fdeeee}"
+    ".card .area{font-size:12px;text-transform:uppercase;letter-spacing:.05em;color:#666}"
+    ".card .metric{font-family:monospace;font-size:13px}.card .flow{font-size:22px;margin:4px 0}"
+    ".card .before{color:#777;font-size:16px}.card .value{font-weight:700}"
+    ".card .ci,.card .change{font-size:13px;color:#444}.card .verdict{font-size:13px;font-weight:600;margin-top:4px}"
+    ".card.fail .verdict{color:#b71c1c}.card.pass .verdict{color:#2e7d32}"
+    ".change.better{color:#2e7d32}.change.worse{color:#b71c1c}"
+    ".query{margin:.8em 0}.query p{margin:.2em 0}.thumbs{display:flex;gap:8px;flex-wrap:wrap}"
+    "figure{display:inline-block;margin:0.5em}.thumbs figure{margin:0;text-align:center;font-size:12px}"
+    ".thumb{width:72px;height:72px;display:block;border:3px solid #ddd;border-radius:4px;image-rendering:pixelated}"
+    "figure.right .thumb{border-color:#2e7d32}figure.missed{margin-left:16px}figure.missed .thumb{border-style:dashed}"
+    "div.thumb.missing{font-size:10px;overflow:hidden;background:#eee}"
+    "figure img.plot{max-width:520px}"
+)
+
+
 def render(runs: dict[str, dict], title: str) -> tuple[str, str]:
-    """(Markdown, HTML) for runs loaded with their metrics, details, gate and plots."""
+    """(Markdown, HTML) for runs loaded with their metrics, details, gate and plots: the headline (with the
+    gate's verdict), example retrievals and replies, then every table and plot."""
     names = list(runs)
     subject = runs[names[-1]]
     header = ["metric", *names, "change"] if len(names) > 1 else ["metric", names[0]]
@@ -157,47 +273,62 @@ def render(runs: dict[str, dict], title: str) -> tuple[str, str]:
         rows = [r[:2] for r in rows]
     lower = sorted({r[0] for r in rows if lower_is_better(r[0])})
     note = f"Lower is better for {', '.join(lower)}; change = {names[-1]} − {names[0]}." if len(names) > 1 else ""
-    sections = []
+    sections = []  # (heading, header, rows, note, html replacing the table or None)
     headline, verdicts = _headline_rows(runs)
     if headline:
         head = ["area", "metric", names[0], f"{names[-1]} [95% CI]", "change", "gate"] if len(names) > 1 else \
             ["area", "metric", f"{names[0]} [95% CI]", "gate"]
-        sections.append(("Headline", head, headline, "gate: the verdict of the gate's checks on the metric (— none)."))
-    if _invalid_rows(runs):
-        sections.append(("Replies that are no answer", ["part", "metric", "invalid when", *names], _invalid_rows(runs),
-                         "Share of the part's replies; lower is better. Every reply is in replies.jsonl."))
-    sections.append(("Metrics", header, rows, note))
-    if subject["gate"]:
-        verdict = "PASSED" if subject["gate"].get("passed") else "FAILED"
-        sections.append((f"Gate: {verdict}", GATE_HEADER,
-                         _gate_rows(subject["gate"]), ""))
+        sections.append(("Headline", head, headline, "gate: the verdict of the gate's checks on the metric (— none).",
+                         _headline_html(head, headline, verdicts, len(names) > 1)))
+    examples = _retrieval_examples(runs)
+    if examples:
+        what = "rank of the right image" + (f" ({names[0]} → {names[-1]})" if len(names) > 1 else "")
+        sections.append(("Example retrievals", ["caption query", "right image", what, "top 5 (right one in bold)"],
+                         _retrieval_rows(examples, names),
+                         "Caption → the 5 most similar images of the retrieval set; the right one framed in green "
+                         "(dashed after the five when it ranked lower).", _retrievals_html(examples)))
     if subject["replies"]:
         sections.append(("Example replies", ["part", "image", "prompt", "reply", "parsed", "result"],
-                         _example_rows(subject["replies"]), "Wrong ones first; all of them are in replies.jsonl."))
+                         _example_rows(subject["replies"]), "Wrong ones first; all of them are in replies.jsonl.", None))
+    if _invalid_rows(runs):
+        sections.append(("Replies that are no answer", ["part", "metric", "invalid when", *names], _invalid_rows(runs),
+                         "Share of the part's replies; lower is better. Every reply is in replies.jsonl.", None))
+    sections.append(("Metrics", header, rows, note, None))
+    if subject["gate"]:
+        verdict = "PASSED" if subject["gate"].get("passed") else "FAILED"
+        sections.append((f"Gate: {verdict}", GATE_HEADER, _gate_rows(subject["gate"]), "", None))
     if _class_rows(subject["details"]):
         sections.append(("THRONE class-wise", ["class", "precision", "recall", "F1", "F0.5", "support"],
-                         _class_rows(subject["details"]), ""))
+                         _class_rows(subject["details"]), "", None))
 
     md = [f"# {title}\n"]
     body = [f"<h1>{html.escape(title)}</h1>"]
-    for heading, head, rows_, text in sections:
+    gate = subject["gate"]
+    state = "none" if not gate else ("pass" if gate.get("passed") else "fail")
+    banner = {"none": "No gate result for this evaluation", "pass": "Gate PASSED", "fail": "Gate FAILED"}[state]
+    if gate:
+        failed = [c["metric"] for c in gate.get("checks", []) if not c["passed"]]
+        banner += f": {len(failed)} of {len(gate.get('checks', []))} checks failed" + (
+            f" ({', '.join(dict.fromkeys(failed))})" if failed else "")
+    md.append(f"**{banner}**\n\n")
+    body.append(f"<p id='verdict' class='banner {state}'>{html.escape(banner)}</p>")
+    for heading, head, rows_, text, block in sections:
         md += [f"## {heading}\n", _md_table(head, rows_), text + "\n" if text else ""]
         classes = verdicts if heading == "Headline" else None
-        body += [f"<h2>{html.escape(heading)}</h2>", _html_table(head, rows_, classes),
+        body += [f"<h2>{html.escape(heading)}</h2>", block or _html_table(head, rows_, classes),
                  f"<p>{html.escape(text)}</p>" if text else ""]
+    if headline:  # the headline's table too, after the cards: the numbers to copy
+        body += ["<h2>Headline as a table</h2>", _html_table(head, headline, verdicts)]
     md.append("## Plots\n")
     body.append("<h2>Plots</h2>")
     for name, run in runs.items():
         for plot, png in run["plots"].items():
             md.append(f"- {name}: `plots/{plot}` (embedded in report.html)\n")
             b64 = base64.b64encode(png).decode()
-            body.append(f"<figure><img alt='{html.escape(plot)}' src='data:image/png;base64,{b64}'>"
+            body.append(f"<figure><img class='plot' alt='{html.escape(plot)}' src='data:image/png;base64,{b64}'>"
                         f"<figcaption>{html.escape(name)}: {html.escape(plot)}</figcaption></figure>")
-    style = ("body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;margin:1em 0}"
-             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}td:first-child,th:first-child{text-align:left}"
-             "figure{display:inline-block;margin:0.5em}tr.pass td{background:#e3f6e3}tr.fail td{background:#fbe0e0}")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
+            f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>")
     return "".join(md), page
 
 

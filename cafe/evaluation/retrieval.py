@@ -84,3 +84,19 @@ def recall_at_k(image_emb: torch.Tensor, text_emb: torch.Tensor, text_to_image: 
 def modality_gap(image_emb: torch.Tensor, text_emb: torch.Tensor) -> float:
     """Liang et al. (2022): norm of the difference between the modality centroids."""
     return float((image_emb.mean(0) - text_emb.mean(0)).norm())
+
+
+def text_to_image_examples(image_emb: torch.Tensor, text_emb: torch.Tensor, text_to_image: list[int],
+                           images: list[str], captions: list[str], count: int = 6, k: int = 5) -> list[dict]:
+    """``count`` caption queries spread evenly over the set, each with its ``k`` most similar images, the
+    right image and its 0-based rank (for the report's example retrievals)."""
+    if not captions:
+        return []
+    picks = sorted({round(i * (len(captions) - 1) / max(count - 1, 1)) for i in range(count)})
+    owner = torch.as_tensor(text_to_image, dtype=torch.long)
+    scores = text_emb[picks] @ image_emb.T
+    ranks = retrieval_ranks(image_emb, text_emb[picks], owner[picks])[1]
+    top = scores.topk(min(k, image_emb.shape[0]), dim=1)
+    return [{"query": captions[q], "answer": images[int(owner[q])], "rank": int(rank),
+             "top": [{"image": images[int(i)], "score": round(float(s), 4)} for s, i in zip(ss, ii)]}
+            for q, rank, ss, ii in zip(picks, ranks, top.values, top.indices)]

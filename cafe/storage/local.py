@@ -11,6 +11,13 @@ from pathlib import Path
 from cafe.storage.base import AlreadyExists, ObjectStore, UnsafePath, _check_key, inside
 
 
+# the modes of a plainly made file and folder (0644, 0755 under the usual umask 022), read once at import
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+FILE_MODE = 0o666 & ~_UMASK
+DIR_MODE = 0o777 & ~_UMASK
+
+
 class LocalStore(ObjectStore):
     """A folder as an object store (the embedded default, and DVC/CI workspaces)."""
 
@@ -26,6 +33,7 @@ class LocalStore(ObjectStore):
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        os.fchmod(fd, FILE_MODE)  # mkstemp's 0600 would make reports and weights unreadable to others
         try:
             with os.fdopen(fd, "wb") as fh:
                 write(fh)
@@ -47,6 +55,7 @@ class LocalStore(ObjectStore):
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        os.fchmod(fd, FILE_MODE)  # mkstemp's 0600 would make reports and weights unreadable to others
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         try:
