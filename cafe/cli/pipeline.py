@@ -27,11 +27,13 @@ PipelineOpt = typer.Option("training", "--pipeline", help="which pipelines/<name
 
 
 def project_root(name: str) -> Path:
-    """The checkout (or the image's /workspace) holding components/ and pipelines/<name>.py."""
-    for candidate in (Path.cwd(), Path(__file__).resolve().parents[2]):
+    """The folder holding components/ and pipelines/<name>.py: the current one, the checkout this code runs
+    from (or the image's /workspace), else the copy an installed wheel carries (cafe/project/, setup.py)."""
+    here = Path(__file__).resolve()
+    for candidate in (Path.cwd(), here.parents[2], here.parents[1] / "project"):
         if (candidate / "pipelines" / f"{name}.py").is_file():
             return candidate
-    fail(f"no pipelines/{name}.py here; run from the project root")
+    fail(f"no pipelines/{name}.py here, in the checkout or in the installed package; run from the project root")
 
 
 def build_pipeline(params_file: str, overrides: Optional[list[str]], image: Optional[str], step_params: str,
