@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/pip install --disable-pip-version-check -q -c constraints-cpu.txt
 
-.PHONY: venv demo test test-fast test-slow bench clean
+.PHONY: venv demo test test-fast test-slow bench plots clean
 
 venv: $(VENV)/.installed
 
@@ -27,6 +27,10 @@ test-fast: venv
 
 bench: venv
 	$(BIN)/python -m benchmarks.tradeoff
+
+# the training curves as a page that needs no network (DVC's own page loads Vega from a CDN)
+plots: venv
+	$(BIN)/dvc plots show --html-template configs/dvc/plots-offline.html -o reports/plots
 
 clean:
 	rm -rf data models runs metrics reports registry dvc.lock

@@ -157,6 +157,8 @@ def test_monitor_run_decides_and_writes_report(tmp_path, kind):
     # self-contained: no script, stylesheet or image loaded from the network (documentation links are fine)
     assert not re.search(r'<(script|link|img)\b[^>]*\b(src|href)="https?://', html)
     assert (tmp_path / "out" / "report_images.html").is_file()
+    page = (tmp_path / "out" / "decision.html").read_text()  # the page a person reads links both reports
+    assert f"<b>{summary['decision']}</b>" in page and "href='report.html'" in page and "href='report_images.html'" in page
     assert len(saved["modality_gap_history"]) == 1
 
 

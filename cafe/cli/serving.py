@@ -7,6 +7,7 @@ production) pulled into a local cache; stores are ``open_store`` URIs from param
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -66,6 +67,8 @@ def monitor(ctx: typer.Context, model: Optional[str] = ModelOpt,
     with registry_errors(f"monitor.ref {p.monitor.ref} of {p.registry.name} in {p.registry.store}"):
         summary, counts = run(p, model and model_path(model), reference, out_dir, pairs_out, probe)
     print_monitor_summary(summary, out)
+    if summary.get("page"):
+        console.print(f"decision page -> {Path(out_dir or p.monitor.out) / summary['page']}")
     if counts is not None:
         console.print(f"window pairs -> {pairs_out}: {counts}")
 

@@ -1,4 +1,5 @@
-"""`cafe monitor`: one traffic window against the served version's reference -> summary JSON + Evidently HTML.
+"""`cafe monitor`: one traffic window against the served version's reference -> summary JSON, Evidently HTML
+and a decision page linking them (:mod:`cafe.monitoring.page`).
 
 Signals: embedding drift of the text queries and the query images, drift of the top-1 similarity
 distribution, retrieval quality on the feedback-labelled queries (R@K and MRR@top_k of the chosen item), the
@@ -19,6 +20,7 @@ import numpy as np
 
 from cafe.config import MonitorConfig
 from cafe.monitoring.decision import decide, wilson_upper
+from cafe.monitoring.page import decision_page
 from cafe.serving.traffic import Window, chosen_rank
 from cafe.storage import ObjectStore, join, open_store
 
@@ -127,8 +129,9 @@ def _json_default(value):
 
 def monitor(window: Window, reference: dict, arrays: dict, cfg: MonitorConfig, out: ObjectStore | str,
             probe: dict | None = None, model_version: str | None = None, now: datetime | None = None) -> dict:
-    """Judge the window, write ``summary.json`` (+ ``report.html`` / ``report_images.html``) under ``out`` and
-    a point of the modality-gap history; returns the summary."""
+    """Judge the window, write ``summary.json`` (+ ``report.html`` / ``report_images.html`` and the page a person
+    reads, ``decision.html``, linking them) under ``out`` and a point of the modality-gap history; returns the
+    summary."""
     store = out if isinstance(out, ObjectStore) else open_store(out)
     now = now or datetime.now(timezone.utc)
     sig, snapshots = signals(window, reference, arrays, cfg, probe)
@@ -155,5 +158,7 @@ def monitor(window: Window, reference: dict, arrays: dict, cfg: MonitorConfig, o
                 store.put_file(key, path)
                 reports[name] = key
         summary["reports"] = reports
+        summary["page"] = "decision.html"
+        store.put_bytes("decision.html", decision_page(summary).encode())
     store.put_bytes("summary.json", json.dumps(summary, indent=1, default=_json_default).encode())
     return summary
