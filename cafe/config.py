@@ -563,9 +563,6 @@ def validate(params: Params) -> Params:
             problems.append(f"train.optim.betas: {name} must be in [0, 1) (got {beta})")
     if any(k < 1 for k in params.evaluate.recall_ks):
         problems.append(f"evaluate.recall_ks: every K must be >= 1 (got {params.evaluate.recall_ks})")
-    if params.monitor.recall_k > params.serve.top_k:
-        problems.append(f"monitor.recall_k: must be <= serve.top_k ({params.serve.top_k}), the results a query logs "
-                        f"(got {params.monitor.recall_k})")
     if problems:
         raise ConfigError("; ".join(problems))
     return params

@@ -19,7 +19,7 @@ from cafe.config import ConfigError, load_params
     ("train.captions=both", "train.captions: must be one of 'single' or 'short_long' (got 'both')"),
     ("train.objective.alpha_cn=3", "train.objective.alpha_cn: no such key (did you mean train.objective.alpha_con?)"),
     ("train.optim.betas=[0.9,1.5]", "train.optim.betas: beta2 must be in [0, 1) (got 1.5)"),
-    ("monitor.recall_k=50", "monitor.recall_k: must be <= serve.top_k (10)"),
+    ("evaluate.recall_ks=[1,0]", "evaluate.recall_ks: every K must be >= 1 (got [1, 0])"),
 ])
 def test_impossible_values_are_one_line_naming_the_key(override, expected):
     with pytest.raises(ConfigError) as err:

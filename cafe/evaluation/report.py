@@ -176,7 +176,7 @@ def _retrieval_examples(runs: dict[str, dict]) -> list[dict]:
     return [{**e, "before": before.get(e["query"])} for e in mine]
 
 
-def _retrieval_rows(examples: list[dict], names: list[str]) -> list[list[str]]:
+def _retrieval_rows(examples: list[dict]) -> list[list[str]]:
     rows = []
     for e in examples:
         rank = str(e["rank"] + 1) if e.get("before") is None else f"{e['before'] + 1} → {e['rank'] + 1}"
@@ -186,7 +186,7 @@ def _retrieval_rows(examples: list[dict], names: list[str]) -> list[list[str]]:
     return rows
 
 
-def _headline_html(head: list[str], rows: list[list[str]], verdicts: list[str], two: bool) -> str:
+def _headline_html(rows: list[list[str]], verdicts: list[str], two: bool) -> str:
     """The headline as cards: per metric, first → last value, the last one's interval, the change and the
     gate's verdict, the card coloured by that verdict."""
     cards = []
@@ -279,12 +279,12 @@ def render(runs: dict[str, dict], title: str) -> tuple[str, str]:
         head = ["area", "metric", names[0], f"{names[-1]} [95% CI]", "change", "gate"] if len(names) > 1 else \
             ["area", "metric", f"{names[0]} [95% CI]", "gate"]
         sections.append(("Headline", head, headline, "gate: the verdict of the gate's checks on the metric (— none).",
-                         _headline_html(head, headline, verdicts, len(names) > 1)))
+                         _headline_html(headline, verdicts, len(names) > 1)))
     examples = _retrieval_examples(runs)
     if examples:
         what = "rank of the right image" + (f" ({names[0]} → {names[-1]})" if len(names) > 1 else "")
         sections.append(("Example retrievals", ["caption query", "right image", what, "top 5 (right one in bold)"],
-                         _retrieval_rows(examples, names),
+                         _retrieval_rows(examples),
                          "Caption → the 5 most similar images of the retrieval set; the right one framed in green "
                          "(dashed after the five when it ranked lower).", _retrievals_html(examples)))
     if subject["replies"]:
