@@ -56,12 +56,14 @@ def test_the_cli_prints_one_line_and_exits_2():
     assert len(lines) == 1 and lines[0].startswith("config error: pretrain.vision_steps: must be >= 0 (got -5)"), lines
 
 
-def test_ten_vision_warm_up_steps_run(params, world):
-    """torch's OneCycleLR divides by zero at pct_start * total_steps == 1: 10 steps at the warm-up's 0.1."""
+@pytest.mark.parametrize("steps", [1, 2, 10, 20])
+def test_short_vision_warm_ups_run(params, world, steps):
+    """torch's OneCycleLR divides by zero when its rising phase ends on step 0 (10 steps at the warm-up's 0.1)
+    or on the last step (2 steps)."""
     from cafe.data.samples import load_instruction_samples
     from cafe.training.vision_warmup import warm_up_vision
     from tests.conftest import make_adapter
 
     samples = load_instruction_samples(world / "train" / "instructions.json")
-    summary = warm_up_vision(make_adapter(params), samples, steps=10, lr=1e-3, batch_size=4, progress=False)
+    summary = warm_up_vision(make_adapter(params), samples, steps=steps, lr=1e-3, batch_size=4, progress=False)
     assert summary["seconds"] > 0

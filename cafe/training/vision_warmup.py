@@ -129,8 +129,12 @@ def warm_up_vision(adapter: VLMAdapter, samples: list[Sample], steps: int, lr: f
         heads = _LinearHeads(model.config.vision_config.hidden_size).to(adapter.device)
         trained = [*tower.parameters(), *heads.parameters()]
     opt = torch.optim.AdamW(trained, lr=lr)
-    # torch's OneCycleLR divides by zero when pct_start * total_steps is exactly 1 (10 steps at 0.1)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.2 if steps == 10 else 0.1)
+    # OneCycleLR divides by zero when its rising phase ends on step 0 (pct_start * steps == 1) or on the last
+    # step: rise over at least 2 steps, and keep the rate constant for runs too short to have a schedule
+    if steps >= 3:
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=max(0.1, 2 / steps))
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     gen = torch.Generator().manual_seed(seed)
     pool = None
     tower.train()
