@@ -53,10 +53,12 @@ def _compare(adapter, batch, cfg) -> None:
         assert error <= 1e-5 * scale + 1e-5, f"{name}: gradient error {error:.1e} (norm {scale:.1e})"
 
 
+@pytest.mark.parametrize("average", ["token", "sample"])
 @pytest.mark.parametrize("family", ["llava_onevision", "llava", "qwen2_vl"])
 @pytest.mark.parametrize("side", ["left", "right"])
-def test_equal_to_three_pass(params, side, family):
+def test_equal_to_three_pass(params, side, family, average):
     params.model.embed_padding_side, params.model.family = side, family
+    params.train.objective.lm_average = average
     adapter = make_adapter(params)
     _compare(adapter, _batch(params, 4), params.train)
 
@@ -67,10 +69,49 @@ def test_equal_under_global_clipping_one_backward(params):
     _compare(make_adapter(params), _batch(params, 3), params.train)
 
 
-def test_equal_with_gradient_cache(params):
+@pytest.mark.parametrize("family,side,average", [
+    ("llava_onevision", "left", "token"), ("llava_onevision", "left", "sample"),
+    ("llava_onevision", "right", "sample"), ("llava", "right", "sample"), ("qwen2_vl", "left", "sample")])
+def test_equal_with_gradient_cache(params, family, side, average):
+    """Chunks of 2 and 1 (5 samples, chunk 2): a sample's weight comes from its own answer, the normaliser
+    from the whole batch, in every chunk."""
+    params.model.family, params.model.embed_padding_side = family, side
     params.train.optim.clip_mode = "global"
     params.train.grad_cache_chunk = 2
-    _compare(make_adapter(params), _batch(params, 4), params.train)
+    params.train.objective.lm_average = average
+    _compare(make_adapter(params), _batch(params, 5), params.train)
+
+
+def test_per_sample_averaging_is_not_per_token(params):
+    """Control: on answers of different lengths the two averages differ, in the packed step as in three-pass,
+    so the exactness tests above can tell a packed step that ignored ``lm_average``."""
+    adapter = make_adapter(params)
+    batch = _batch(params, 4)
+    params.train.step = "shared_prefix"
+    params.train.objective.alpha_con = 1e-6  # the language gradient only (both terms must be on to pack)
+    grads = {}
+    for average in ("token", "sample"):
+        params.train.objective.lm_average = average
+        grads[average] = torch.cat([g.flatten() for g in _run(adapter, batch, params.train)[1].values()])
+    error = float((grads["sample"] - grads["token"]).norm() / grads["token"].norm())
+    assert error > 100 * 1e-5, error  # 100x the exactness tests' tolerance
+
+
+def test_per_sample_averaging_weighs_each_answer_by_its_length(params):
+    """The packed language loss with ``sample`` is the mean over samples of each sample's token mean,
+    computed here one sample at a time from the packed rows' own token losses."""
+    adapter = make_adapter(params)
+    batch = _batch(params, 4)
+    packed = shared_prefix.pack(adapter, batch["images"], batch["prompts"], batch["answers"])
+    with torch.no_grad():
+        total, _ = shared_prefix.packed_forward(adapter, packed, "sample")
+        means = []
+        for i in range(len(batch["images"])):
+            row = {k: v[i:i + 1] for k, v in packed.items() if k != "pixels"}  # 1-D positions: [B, L]
+            row["pixels"] = {k: v[i:i + 1] for k, v in packed["pixels"].items()}
+            summed, _ = shared_prefix.packed_forward(adapter, row, "token")
+            means.append(float(summed) / int((packed["targets"][i] != -100).sum()))
+    assert float(total) == pytest.approx(sum(means), rel=1e-5)
 
 
 def test_equal_with_lora_and_soft_prompt(params):

@@ -8,7 +8,9 @@ in the image-embedding pass, so each sample becomes ONE packed sequence
 with a block attention mask (each continuation attends to the prefix and, causally, to itself; padding only
 to itself) and position ids in which both continuations start where the prefix ends, as in their separate
 passes. Each image goes through the vision tower once; ``L_lm`` comes from the language continuation (the LM
-head only at labelled positions) and the image embedding from the embedding continuation's last token. Text
+head only at labelled positions; ``objective.lm_average`` weighs its tokens as the three-pass step does, through
+``terms.token_weights``: per answer token, or per sample over the global batch's samples with an answer) and the
+image embedding from the embedding continuation's last token. Text
 embeddings are text-only already (no pixels, no vision work). Rotary positions are relative, so the
 left-padded separate embedding pass (whose positions are shifted by its padding) gives the same numbers.
 
@@ -45,7 +47,7 @@ from cafe.config import TrainConfig
 from cafe.distributed import gather, gather_with_grad
 from cafe.models.adapter import IGNORE_INDEX, VLMAdapter
 from cafe.objective import caption_ids, info_nce
-from cafe.training.terms import Backward, Terms, plain_backward, replay, rng_snapshot, spans
+from cafe.training.terms import Backward, Terms, plain_backward, replay, rng_snapshot, spans, token_weights
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +67,6 @@ def fallback_reason(adapter: VLMAdapter, cfg: TrainConfig, backward: Backward) -
         return f"model family {adapter.family!r} cannot be packed exactly (its position scheme is not known here)"
     if cfg.objective.alpha_lm <= 0 or cfg.objective.alpha_con <= 0:
         return "only one objective is on: nothing to share"
-    if cfg.objective.lm_average != "token":
-        return "per-sample language-loss averaging (objective.lm_average) is not packed yet"
     if cfg.grad_cache_chunk > 0 and cfg.optim.clip_mode in ("per_loss", "balanced") and backward is plain_backward:
         return f"gradient caching with per-loss clipping (clip_mode {cfg.optim.clip_mode}) needs each term's gradient apart"
     return None
@@ -165,8 +165,11 @@ def select_attention(adapter: VLMAdapter) -> None:
         adapter.model.set_attn_implementation("flex_attention")
 
 
-def packed_forward(adapter: VLMAdapter, packed: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed next-token loss over the answers, normalised image embeddings) from one forward."""
+def packed_forward(adapter: VLMAdapter, packed: dict, average: str = "token") -> tuple[torch.Tensor, torch.Tensor]:
+    """(weighted sum of the answers' next-token losses, normalised image embeddings) from one forward.
+
+    ``average`` is ``objective.lm_average``: "token" sums the token losses, "sample" weighs each token by
+    1 / its sample's answer length (``terms.token_weights``, as the three-pass step does on its labels)."""
     inputs = {"input_ids": packed["input_ids"], "position_ids": packed["position_ids"],
               "attention_mask": attention_mask(adapter, packed["segment"]), **packed["pixels"]}
     if adapter.soft_prompt is not None:
@@ -174,7 +177,8 @@ def packed_forward(adapter: VLMAdapter, packed: dict) -> tuple[torch.Tensor, tor
     hidden = adapter.hidden_states(inputs)
     keep = packed["targets"] != IGNORE_INDEX
     logits = adapter.model.lm_head(hidden[keep])
-    lm = F.cross_entropy(logits.float(), packed["targets"][keep], reduction="sum")
+    weights, _ = token_weights(packed["targets"], average)
+    lm = (F.cross_entropy(logits.float(), packed["targets"][keep], reduction="none") * weights).sum()
     pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), packed["last"]]
     return lm, F.normalize(pooled.float(), dim=-1)
 
@@ -189,7 +193,7 @@ def shared_prefix_terms(adapter: VLMAdapter, batch: dict, cfg: TrainConfig,
     select_attention(adapter)
     chunks = spans(len(images), cfg.grad_cache_chunk)
     packs = [pack(adapter, images[lo:hi], batch["prompts"][lo:hi], batch["answers"][lo:hi]) for lo, hi in chunks]
-    local = sum((p["targets"] != IGNORE_INDEX).sum() for p in packs)
+    local = sum(token_weights(p["targets"], obj.lm_average)[1] for p in packs)  # answer tokens, or samples
     counts = gather(local[None])
     scale = len(counts) / counts.sum()  # gradients are averaged across ranks afterwards
     terms = Terms(obj, separate=cfg.optim.clip_mode == "per_loss" and backward is plain_backward)
@@ -203,7 +207,7 @@ def shared_prefix_terms(adapter: VLMAdapter, batch: dict, cfg: TrainConfig,
         return info_nce(gather_with_grad(image), gather_with_grad(text), obj.temperature, ids, obj.directions)
 
     def direct_lm() -> torch.Tensor:
-        lm, image = packed_forward(adapter, packs[0])
+        lm, image = packed_forward(adapter, packs[0], obj.lm_average)
         lm = lm * scale
         if terms.separate:  # the image embeddings' graph stays for the contrastive term's backward
             terms.weighted(lm=lm).backward(retain_graph=True)
@@ -227,7 +231,7 @@ def shared_prefix_terms(adapter: VLMAdapter, batch: dict, cfg: TrainConfig,
         with torch.no_grad():
             for (lo, hi), packed in zip(chunks, packs):
                 states.append(rng_snapshot(device))
-                image_parts.append(packed_forward(adapter, packed)[1])
+                image_parts.append(packed_forward(adapter, packed, obj.lm_average)[1])
                 text_parts.append(text_embed(lo, hi))
         image = torch.cat(image_parts).requires_grad_()
         text = torch.cat(text_parts).requires_grad_()
@@ -237,7 +241,7 @@ def shared_prefix_terms(adapter: VLMAdapter, batch: dict, cfg: TrainConfig,
         total = torch.zeros((), device=device)
         for (lo, hi), packed, rng in zip(chunks, packs, states):
             with replay(rng, device):
-                lm, image_chunk = packed_forward(adapter, packed)
+                lm, image_chunk = packed_forward(adapter, packed, obj.lm_average)
                 text_chunk = text_embed(lo, hi)
             lm = lm * scale
             surrogate = (image_chunk * image.grad[lo:hi]).sum() + (text_chunk * text.grad[lo:hi]).sum()
