@@ -65,6 +65,8 @@ def fallback_reason(adapter: VLMAdapter, cfg: TrainConfig, backward: Backward) -
         return f"model family {adapter.family!r} cannot be packed exactly (its position scheme is not known here)"
     if cfg.objective.alpha_lm <= 0 or cfg.objective.alpha_con <= 0:
         return "only one objective is on: nothing to share"
+    if cfg.negatives:
+        return "mined hard negatives (train.negatives) are embedded by the three-pass step"
     if cfg.objective.lm_average != "token":
         return "per-sample language-loss averaging (objective.lm_average) is not packed yet"
     if cfg.grad_cache_chunk > 0 and cfg.optim.clip_mode in ("per_loss", "balanced") and backward is plain_backward:
