@@ -176,7 +176,10 @@ def test_negatives_are_gathered_across_ranks(params, tmp_path):
     _assert_same(({"con": two[0]["con"]}, two[1]), ({"con": one[0]["con"]}, one[1]))
 
 
-def test_train_stage_runs_with_negatives(params, tmp_path):
+def test_train_stage_runs_with_negatives_and_the_version_names_them(params, tmp_path):
+    from cafe.mining.shards import read_version
+    from cafe.registry import Registry
+    from cafe.stages.register import register
     from cafe.stages.train import train
 
     _mined(params, tmp_path)
@@ -187,3 +190,13 @@ def test_train_stage_runs_with_negatives(params, tmp_path):
 
     rows = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(math.isfinite(r["loss_con"]) for r in rows)
+    (tmp_path / "metrics.json").write_text(json.dumps({"i2t_R@1": 0.1}))
+    (tmp_path / "gate.json").write_text(json.dumps({"passed": True, "checks": []}))
+    params.registry.store = str(tmp_path / "registry")
+    record = register(params, model, tmp_path / "metrics.json", tmp_path / "gate.json", with_reference=False,
+                      parent="base")
+    assert "negatives_version.json" in record["files"]
+    pulled = Registry(params.registry.store).pull(params.registry.name, record["version"], tmp_path / "pulled")
+    lineage = json.loads((pulled / "negatives_version.json").read_text())
+    assert lineage["sha256"] == read_version(params.train.negatives)["sha256"]
+    assert lineage["pairs_data_version"] == record["data_version"]

@@ -59,9 +59,9 @@ def mine(adapter: VLMAdapter, cfg: MineConfig, captions: str, pairs_version: str
                     "total": round(time.perf_counter() - start, 3)},
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
-    write_negatives(cfg.out, cfg.split, pairs.ids, mined["i2t"][:2], mined["t2i"][:2], pairs_version, model,
-                    summary, cfg.model_dump(mode="json"))
-    return summary
+    version = write_negatives(cfg.out, cfg.split, pairs.ids, mined["i2t"][:2], mined["t2i"][:2], pairs_version,
+                              model, summary, cfg.model_dump(mode="json"))
+    return {**summary, "data_version": version["sha256"]}
 
 
 def print_summary(summary: dict, out: str, console) -> None:

@@ -22,9 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from cafe.data.shards import DATA_VERSION, write_data_version
+from cafe.data.shards import DATA_VERSION, filesystem, write_data_version
 
 SCHEMA = pa.schema([
     ("id", pa.string()),
@@ -74,22 +75,36 @@ def write_negatives(out: str | Path, split: str, ids: list[str], text: tuple[np.
 
 
 def read_version(folder: str | Path) -> dict:
-    """The negatives' ``data_version.json``; a missing or foreign file is an error saying what to run."""
-    path = Path(folder) / DATA_VERSION
+    """The negatives' ``data_version.json`` (a local folder or ``s3://`` URI); a missing or foreign file is an
+    error saying what to run."""
+    fs, root = filesystem(str(folder))
+    where = f"{str(folder).rstrip('/')}/{DATA_VERSION}"
     try:
-        version = json.loads(path.read_text())
+        with fs.open_input_stream(f"{root}/{DATA_VERSION}") as fh:
+            version = json.loads(fh.read())
     except FileNotFoundError:
-        raise FileNotFoundError(f"{path} is missing: run `cafe mine` (it is written only when mining "
+        raise FileNotFoundError(f"{where} is missing: run `cafe mine` (it is written only when mining "
                                 "succeeds)") from None
     if not isinstance(version, dict) or version.get("kind") != "hard_negatives":
-        raise ValueError(f"{path}: not a hard-negatives version (train.negatives must name `cafe mine`'s output)")
+        raise ValueError(f"{where}: not a hard-negatives version (train.negatives must name `cafe mine`'s output)")
     return version
 
 
+def is_negatives(folder: str | Path) -> bool:
+    """Whether ``folder`` holds mined negatives (a pipeline's mine step leaves an empty folder when it is off)."""
+    try:
+        read_version(folder)
+    except (FileNotFoundError, ValueError):
+        return False
+    return True
+
+
 def read_negatives(folder: str | Path, split: str = "train") -> dict[str, tuple[list[str], list[str]]]:
-    """``pair id -> (text negative ids, image negative ids)``, hardest first."""
+    """``pair id -> (text negative ids, image negative ids)``, hardest first (local or ``s3://``)."""
+    fs, root = filesystem(str(folder))
+    infos = fs.get_file_info(pafs.FileSelector(f"{root}/{split}", allow_not_found=True))
     out: dict[str, tuple[list[str], list[str]]] = {}
-    for path in sorted((Path(folder) / split).glob("*.parquet")):
-        cols = pq.read_table(path, columns=["id", "text_negatives", "image_negatives"]).to_pydict()
+    for path in sorted(i.path for i in infos if i.path.endswith(".parquet")):
+        cols = pq.read_table(path, columns=["id", "text_negatives", "image_negatives"], filesystem=fs).to_pydict()
         out.update(zip(cols["id"], zip(cols["text_negatives"], cols["image_negatives"])))
     return out

@@ -13,13 +13,18 @@ from cafe.models import load_adapter
 
 
 def resolve_mining_model(p: Params, model: str) -> dict:
-    """``{"path", "version", "digest"}`` of ``model``: a model folder as it is, else a version or alias of the
-    registry's ``registry.name`` (e.g. "production") pulled into ``.cache/cafe/mine``."""
+    """``{"path", "ref", "version", "digest"}`` of ``model``: a model folder as it is, an ``s3://`` folder
+    downloaded, else a version or alias of the registry's ``registry.name`` (e.g. "production") pulled into
+    ``.cache/cafe/mine``."""
     from cafe.registry import RECORD_FILE, Registry
     from cafe.serving.index import weights_digest
 
     folder = Path(model)
-    if not folder.is_dir():
+    if model.startswith(("s3://", "minio://")):  # a model folder in the object store (a pipeline run)
+        from cafe.storage import localize
+
+        folder = localize(model, Path(".cache/cafe/mine") / "model")
+    elif not folder.is_dir():
         registry = Registry(p.registry.store, progress=p.mine.progress)
         number = registry.resolve(p.registry.name, model)
         folder = Path(".cache/cafe/mine") / f"{p.registry.name}-v{number}"
@@ -46,3 +51,19 @@ def mine(p: Params, model: str | None = None, data: str | None = None, out: str 
     identity = resolve_mining_model(p, cfg.model)
     adapter = load_adapter(identity["path"], p.prompts, p.model, fresh_tuning=False)
     return run(adapter, cfg, p.train.captions, read_data_version(cfg.data), identity, model_path=identity["path"])
+
+
+def pipeline_mine(enabled: bool, params_file: str, overrides: list[str], fields: dict, pairs_path: str, model: str,
+                  dest: str) -> dict:
+    """The training pipeline's optional mine step: with ``enabled``, mine the pairs artifact's folder with
+    ``model`` (default ``mine.model``) into ``dest``; otherwise ``dest`` stays empty and training uses in-batch
+    negatives only. Returns the step's metadata."""
+    from cafe.pipeline_io import stage_params
+
+    Path(dest).mkdir(parents=True, exist_ok=True)
+    if not enabled:
+        return {"mined": False}
+    p, _ = stage_params(params_file, overrides, {**fields, "mine.progress": False})
+    summary = mine(p, model=model or None, data=pairs_path, out=dest)
+    kept = {d: info["kept"] for d, info in summary["directions"].items()}
+    return {"mined": True, "model": model or p.mine.model, "data_version": summary["data_version"], "kept": kept}
