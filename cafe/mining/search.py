@@ -47,10 +47,9 @@ def faiss_available() -> bool:
     return True
 
 
-def faiss_topk(queries: torch.Tensor, keys: torch.Tensor, k: int, nlist: int = 0, nprobe: int = 32,
-               seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Approximate ``(scores, indices)`` from a faiss inverted-file index (inner product), trained on a
-    sample of the keys; ``nlist`` 0 = about ``4 sqrt(n)`` lists."""
+def faiss_index(keys: torch.Tensor, nlist: int = 0, nprobe: int = 32, seed: int = 0):
+    """A faiss inverted-file index (inner product) over ``keys``, trained on a sample of them; ``nlist`` 0 =
+    about ``4 sqrt(n)`` lists."""
     try:
         import faiss
     except ImportError:
@@ -60,12 +59,17 @@ def faiss_topk(queries: torch.Tensor, keys: torch.Tensor, k: int, nlist: int = 0
     nlist = nlist or max(1, min(n // 39, int(4 * math.sqrt(n))))
     quantizer = faiss.IndexFlatIP(dim)
     index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-    rng = np.random.default_rng(seed)
-    train = x[rng.choice(n, size=min(n, 256 * nlist), replace=False)]
-    index.train(train)
+    index.train(x[np.random.default_rng(seed).choice(n, size=min(n, 64 * nlist), replace=False)])
     index.add(x)
     index.nprobe = min(nprobe, nlist)
-    scores, indices = index.search(np.ascontiguousarray(queries.float().numpy()), min(k, n))
+    return index
+
+
+def faiss_topk(queries: torch.Tensor, keys: torch.Tensor, k: int, nlist: int = 0, nprobe: int = 32,
+               seed: int = 0, index=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Approximate ``(scores, indices)`` from :func:`faiss_index` (built here unless ``index`` is given)."""
+    index = index if index is not None else faiss_index(keys, nlist, nprobe, seed)
+    scores, indices = index.search(np.ascontiguousarray(queries.float().numpy()), min(k, len(keys)))
     return torch.from_numpy(scores), torch.from_numpy(indices).long()
 
 
