@@ -247,14 +247,18 @@ def part_false_negatives(args) -> dict:
                 "precision_alone": float(truth[dropped_alone].mean()) if dropped_alone.any() else None,
                 "recall_alone": float((truth & dropped_alone).sum() / total_fn),
             }
-        for label, rules in (("none", []), *((f"{r} only", [r]) for r in rules_all), ("all", rules_all)):
-            w = reasons(q, cand, scores, positive, keys, rules, args.margin, args.distance, None)
+        arms = [("none", [], args.margin), *((f"{r} only", [r], args.margin) for r in rules_all),
+                ("all", rules_all, args.margin),
+                *((f"all, margin {m}", rules_all, m) for m in args.margins if m != args.margin)]
+        for label, rules, margin in arms:
+            w = reasons(q, cand, scores, positive, keys, rules, margin, args.distance, None)
             idx, _ = select(cand, scores, w, args.k, False, np.random.default_rng(0))
             picked = np.array([[truth[i, list(cand[i]).index(j)] if j >= 0 else False for j in row]
                                for i, row in enumerate(idx)])
             kept = int((idx >= 0).sum())
             info["kept_false_negative_rate"][label] = {"kept": kept, "false_negatives": int(picked.sum()),
-                                                       "rate": float(picked.sum() / max(1, kept))}
+                                                       "rate": float(picked.sum() / max(1, kept)),
+                                                       "pairs_short": int((idx < 0).any(axis=1).sum())}
         info["dropped_in_order"] = {name: int((why == code).sum()) for code, name in enumerate(ORDER)}
         info["survivors"] = int((why == KEEP).sum())
         result["directions"][direction] = info
@@ -285,7 +289,8 @@ def _print_fn(fn: dict) -> None:
             print(f"   {name:<15} {r['dropped_alone']:>7} {prec:>10} {r['recall_alone']:>7.3f}")
         print(f"   {'kept negatives':<22} {'FN rate':>8}")
         for label, r in info["kept_false_negative_rate"].items():
-            print(f"   {label:<22} {r['rate']:>8.4f}  ({r['false_negatives']} of {r['kept']})")
+            print(f"   {label:<22} {r['rate']:>8.4f}  ({r['false_negatives']} of {r['kept']}; "
+                  f"{r['pairs_short']} pairs short of k)")
 
 
 def main() -> None:
@@ -305,6 +310,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--margin", type=float, default=0.05)
+    ap.add_argument("--margins", type=float, nargs="*", default=[-1.0, 0.0, 0.01, 0.02],
+                    help="further margins for the all-rules arm (-1: a margin that drops nothing)")
     ap.add_argument("--distance", type=int, default=4)
     ap.add_argument("--model", default="", help="a miner to use instead of training one")
     ap.add_argument("--workdir", default="", help="keep the world, pairs and miner here (reused when present)")
