@@ -126,6 +126,9 @@ class ObjectiveConfig(_Section):
     # how L_lm averages its token losses over the global batch: "token" (one mean over every answer token,
     # so long answers outweigh one-word ones) or "sample" (each sample's token mean, then the mean over samples)
     lm_average: Literal["token", "sample"] = "token"
+    # LLaVE-style hardness weighting of L_con's negatives: each negative's term in the denominator is scaled by
+    # exp(hardness * its similarity) (detached), so harder negatives weigh more; 0 = plain InfoNCE
+    hardness: float = Field(0.0, ge=0)
 
 
 class OptimConfig(_Section):
@@ -196,6 +199,9 @@ class TrainConfig(_Section):
     strategy: Literal["ddp", "deepspeed"] = "ddp"
     deepspeed_config: str = ""  # a JSON file in configs/deepspeed/ when strategy is deepspeed
     checkpoint_store: str = ""  # an open_store URI for checkpoints; empty = the local output folder
+    # mined hard negatives (`cafe mine`'s output folder) added to L_con's denominators; None = in-batch only
+    negatives: Optional[str] = None
+    negatives_per_sample: int = Field(1, ge=1)  # mined negatives per sample and direction (of the k mined)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
 
@@ -278,6 +284,47 @@ class RepurposeConfig(_Section):
     near_duplicate_distance: int = Field(2, ge=0, le=3)
     max_quarantine_share: float = Field(0.05, ge=0, le=1)  # of the records not filtered out; above: exit 1
     progress: bool = True
+
+
+MINE_RULES = ("caption", "image_hash", "near_duplicate", "margin")
+
+
+class MineConfig(_Section):
+    """`cafe mine`: hard negatives for every training pair from a model's nearest neighbours (cafe/mining)."""
+
+    data: str = "data/pairs"  # the repurposed pairs to mine (their train split)
+    split: str = "train"
+    # a model folder, or a registry version / alias of ``registry.name`` (e.g. "production", "latest", "3")
+    model: str = "runs/cafe/model"
+    out: str = "data/negatives"  # beside the pairs: shards + data_version.json + summary.json
+    k: int = Field(4, ge=1)  # negatives kept per pair and direction (texts for an image, images for a text)
+    candidates: int = Field(64, ge=1)  # nearest neighbours searched per query before the rules
+    # false-negative rules (each drops a candidate): same normalised caption, same image sha256, a
+    # near-duplicate image (pHash within near_duplicate_distance bits), a score within ``margin`` of the positive
+    rules: list[Literal["caption", "image_hash", "near_duplicate", "margin"]] = Field(
+        default_factory=lambda: list(MINE_RULES))
+    margin: float = 0.05  # cosine: candidates scoring above (positive score - margin) are dropped
+    near_duplicate_distance: int = Field(4, ge=0, le=32)
+    # sample the k negatives at random from neighbour ranks [lo, hi) instead of taking the hardest survivors
+    rank_range: Optional[tuple[int, int]] = None
+    index: Literal["auto", "exact", "faiss"] = "auto"  # auto: exact up to exact_limit pairs, faiss beyond
+    exact_limit: int = Field(100_000, ge=1)
+    chunk: int = Field(4096, ge=1)  # rows per block of the exact search (memory ~ chunk^2 floats)
+    nlist: int = Field(0, ge=0)  # faiss IVF lists; 0 = about 4 sqrt(n)
+    nprobe: int = Field(32, ge=1)
+    batch_size: int = Field(64, ge=1)  # embedding batch
+    cache_dir: str = ".cache/cafe/embeddings"  # "" = never cache embeddings
+    seed: int = 0
+    progress: bool = True
+
+    @model_validator(mode="after")
+    def _window(self) -> "MineConfig":
+        if self.rank_range is not None:
+            lo, hi = self.rank_range
+            if not 0 <= lo < hi <= self.candidates:
+                raise ValueError(f"mine.rank_range {self.rank_range}: need 0 <= lo < hi <= mine.candidates "
+                                 f"({self.candidates})")
+        return self
 
 
 EVAL_PARTS = ("retrieval", "captions", "pope", "throne", "sugarcrepe", "mmstar", "geometry", "mmeb")
@@ -470,6 +517,7 @@ class Params(_Section):
     repurpose: RepurposeConfig = Field(default_factory=RepurposeConfig)
     pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    mine: MineConfig = Field(default_factory=MineConfig)
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
     launch: LaunchConfig = Field(default_factory=LaunchConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)

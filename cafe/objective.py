@@ -6,7 +6,8 @@ the published code *averages* them. ``directions`` picks one; the default is the
 alpha_con = 10 means what it means in the paper's released training runs.
 
 Pairs in a batch with identical captions are not negatives of each other: their logits are removed from
-both softmax denominators (each pair keeps its own positive).
+both softmax denominators (each pair keeps its own positive). Mined hard negatives (``train.negatives``) add
+each sample's own negatives to its two denominators.
 """
 
 from __future__ import annotations
@@ -29,17 +30,38 @@ def caption_ids(captions: Sequence[str]) -> torch.Tensor:
 
 
 def info_nce(image: torch.Tensor, text: torch.Tensor, temperature: float,
-             ids: torch.Tensor | None = None, directions: str = "mean") -> torch.Tensor:
-    """Symmetric InfoNCE between row-aligned normalised embeddings ``image[i] <-> text[i]``."""
+             ids: torch.Tensor | None = None, directions: str = "mean", negative_text: torch.Tensor | None = None,
+             negative_image: torch.Tensor | None = None, negative_mask: torch.Tensor | None = None,
+             hardness: float = 0.0) -> torch.Tensor:
+    """Symmetric InfoNCE between row-aligned normalised embeddings ``image[i] <-> text[i]``.
+
+    Mined hard negatives (``[B, n, d]``, ``cafe mine``) join each sample's own denominators: ``negative_text[i]``
+    image i's (image->text), ``negative_image[i]`` text i's (text->image); ``negative_mask`` ``[B, n]`` marks the
+    real ones (a pair with fewer mined negatives is padded). ``hardness`` > 0 scales every negative's term by
+    ``exp(hardness * similarity)`` (detached; LLaVE's hardness weighting), the positive's left as it is."""
     logits = image @ text.T / temperature
+    eye = torch.eye(len(logits), dtype=torch.bool, device=logits.device)
     if ids is not None:
         ids = ids.to(logits.device)
-        duplicate = (ids[:, None] == ids[None, :]) & ~torch.eye(len(ids), dtype=torch.bool, device=logits.device)
-        logits = logits.masked_fill(duplicate, float("-inf"))
+        logits = logits.masked_fill((ids[:, None] == ids[None, :]) & ~eye, float("-inf"))
+    rows = {"i2t": [logits], "t2i": [logits.T]}
+    for name, queries, negatives in (("i2t", image, negative_text), ("t2i", text, negative_image)):
+        if negatives is None:
+            continue
+        extra = torch.einsum("bd,bnd->bn", queries, negatives) / temperature
+        if negative_mask is not None:
+            extra = extra.masked_fill(~negative_mask.to(extra.device), float("-inf"))
+        rows[name].append(extra)
     target = torch.arange(len(logits), device=logits.device)
-    i2t = F.cross_entropy(logits, target)
-    t2i = F.cross_entropy(logits.T, target)
-    total = i2t + t2i
+    total = torch.zeros((), device=logits.device)
+    for parts in rows.values():
+        scores = torch.cat(parts, dim=1)
+        if hardness:
+            # log of the weight exp(hardness * cosine) on every negative; -inf (masked) entries stay -inf
+            weight = (hardness * temperature * scores.detach()).nan_to_num(0.0, posinf=0.0, neginf=0.0)
+            weight[:, :len(logits)].masked_fill_(eye, 0.0)
+            scores = scores + weight
+        total = total + F.cross_entropy(scores, target)
     return total if directions == "sum" else total / 2
 
 

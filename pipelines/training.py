@@ -1,6 +1,7 @@
-"""The training pipeline: repurpose -> train -> evaluate (against the base model) -> gate -> register, the
-last only when the gate passes; an exit handler deletes the run's PyTorchJob when the run fails or is
-cancelled.
+"""The training pipeline: repurpose -> (mine) -> train -> evaluate (against the base model) -> gate -> register,
+the last only when the gate passes; an exit handler deletes the run's PyTorchJob when the run fails or is
+cancelled. The mine step mines hard negatives only with the run parameter ``mine_negatives`` (otherwise it
+leaves an empty artifact and training uses in-batch negatives only).
 
 ``build(image, params)`` fixes the image every step runs in (KFP takes a component's image when compiling)
 and takes the UI parameters' defaults from ``params``; the same image is a run parameter for the PyTorchJob.
@@ -15,6 +16,7 @@ from components import component
 from components.cleanup import cleanup
 from components.evaluate import evaluate
 from components.gate import gate
+from components.mine import mine
 from components.register import register
 from components.repurpose import repurpose
 from components.train import train
@@ -22,8 +24,9 @@ from components.train import train
 NAME = "cafe-training"
 # deterministic steps are cached (same inputs -> reuse the outputs); training and registering are not, nor is
 # the gate, whose reference (the registry's production version) can change between runs with the same inputs
-CACHED = {"repurpose": True, "train": False, "evaluate": True, "gate": False, "register": False, "cleanup": False}
-STORE_STEPS = ("repurpose", "train", "evaluate", "gate", "register")  # these read or write s3:// URIs
+CACHED = {"repurpose": True, "mine": False, "train": False, "evaluate": True, "gate": False, "register": False,
+          "cleanup": False}
+STORE_STEPS = ("repurpose", "mine", "train", "evaluate", "gate", "register")  # these read or write s3:// URIs
 
 
 def _with_store(task, secret) -> None:
@@ -42,7 +45,7 @@ def _on_gpu_nodes(task, params: Params) -> None:
 def build(image: str, params: Params, params_file: str = "params.yaml"):
     """The pipeline with every step in ``image`` and the defaults of ``params`` (``params_file`` is the path
     the steps read: inside the image, or any path for a local run)."""
-    ops = {f.__name__: component(f, image) for f in (repurpose, train, evaluate, gate, register, cleanup)}
+    ops = {f.__name__: component(f, image) for f in (repurpose, mine, train, evaluate, gate, register, cleanup)}
     obj, la = params.train.objective, params.launch
 
     @dsl.pipeline(name=NAME, description="CAFe fine-tuning: repurpose, train (PyTorchJob), evaluate, gate, "
@@ -56,6 +59,7 @@ def build(image: str, params: Params, params_file: str = "params.yaml"):
                  gate_max_regression: dict = dict(params.gate.max_regression),
                  checkpoint_root: str = params.train.checkpoint_store or "runs/pipeline",
                  registry_store: str = params.registry.store, model_name: str = params.registry.name,
+                 mine_negatives: bool = False, mining_model: str = "production",
                  s3_endpoint: str = la.s3_endpoint, s3_secret: str = la.secret,
                  params_file: str = params_file, overrides: list = []):  # noqa: B006 - KFP reads the default
         """CAFe fine-tuning: repurpose, train, evaluate base and CAFe, gate, register when the gate passes.
@@ -78,6 +82,8 @@ def build(image: str, params: Params, params_file: str = "params.yaml"):
             checkpoint_root: Object-store prefix for the job's checkpoints (one folder per run).
             registry_store: Model registry store (s3:// prefix or a local folder).
             model_name: Registered model name.
+            mine_negatives: Mine hard negatives for the pairs (cafe mine) and train with them in L_con.
+            mining_model: The model that mines: a registry alias or version of model_name, or a model folder.
             s3_endpoint: S3/MinIO endpoint URL for s3:// URIs (empty: the environment's).
             s3_secret: Kubernetes Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.
             params_file: Params file every step reads (a path inside the image).
@@ -89,13 +95,17 @@ def build(image: str, params: Params, params_file: str = "params.yaml"):
         tasks["cleanup"] = exit_task
         with dsl.ExitHandler(exit_task, name="delete-job-on-failure"):
             pairs = tasks["repurpose"] = ops["repurpose"](data_uri=data_uri, s3_endpoint=s3_endpoint, **common)
+            mined = tasks["mine"] = ops["mine"](pairs=pairs.outputs["pairs"], mine_negatives=mine_negatives,
+                                                mining_model=mining_model, registry_store=registry_store,
+                                                model_name=model_name, s3_endpoint=s3_endpoint, **common)
             base = dsl.importer(artifact_uri=base_model, artifact_class=dsl.Model, reimport=False,
                                 metadata={"role": "base model"})
             trained = tasks["train"] = ops["train"](
                 pairs=pairs.outputs["pairs"], base_model=base_model, train_mode=train_mode,
                 run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, checkpoint_root=checkpoint_root, alpha_lm=alpha_lm,
                 alpha_con=alpha_con, temperature=temperature, epochs=epochs, max_steps=max_steps, image=image,
-                nodes=nodes, gpus_per_node=gpus_per_node, s3_endpoint=s3_endpoint, **common)
+                nodes=nodes, gpus_per_node=gpus_per_node, s3_endpoint=s3_endpoint,
+                negatives=mined.outputs["negatives"], **common)
             _on_gpu_nodes(trained, params)
             base_eval = ops["evaluate"](model=base.output, eval_data_uri=eval_data_uri, s3_endpoint=s3_endpoint,
                                         **common).set_display_name("evaluate-base")
@@ -110,6 +120,7 @@ def build(image: str, params: Params, params_file: str = "params.yaml"):
                 tasks["register"] = ops["register"](
                     model=trained.outputs["model"], evaluation=model_eval.outputs["evaluation"],
                     gate_result=verdict.outputs["result"], pairs=pairs.outputs["pairs"],
+                    negatives=mined.outputs["negatives"],
                     eval_data_uri=eval_data_uri, registry_store=registry_store, model_name=model_name, s3_endpoint=s3_endpoint, **common)
         for name, task in tasks.items():
             task.set_caching_options(CACHED[name])

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from cafe import __version__
-from cafe.cli import data, demo, evaluation, pipeline, registry, serving, training
+from cafe.cli import data, demo, evaluation, mining, pipeline, registry, serving, training
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -29,7 +29,7 @@ def _root(version: Optional[bool] = typer.Option(None, "--version", callback=_ve
 
 for command in (data.synth, data.repurpose, training.pretrain, training.train, evaluation.evaluate,
                 evaluation.compare, evaluation.gate, evaluation.report, registry.register, serving.serve,
-                serving.index, demo.demo, training.launch, training.merge):
+                serving.index, demo.demo, training.launch, training.merge, mining.mine):
     app.command()(command)
 app.command("delete-job")(training.delete_job)
 app.add_typer(registry.registry_app, name="registry")

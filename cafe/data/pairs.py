@@ -8,6 +8,7 @@ from __future__ import annotations
 import bisect
 import io
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -84,14 +85,64 @@ class ShardDataset(Dataset):
     def __getstate__(self) -> dict:  # loader workers start with an empty cache
         return {**self.__dict__, "_cache": OrderedDict(), "_cached_bytes": 0, "_fs": None}
 
+    def ids(self) -> list[str]:
+        """Every pair id of the split, in index order (reads only the id column)."""
+        out: list[str] = []
+        fs = self._fs or filesystem(self.folder)[0]
+        for path, g in self._groups:
+            with fs.open_input_file(path) as fh:
+                out += pq.ParquetFile(fh).read_row_group(g, columns=["id"]).column("id").to_pylist()
+        return out
+
+
+class WithNegatives(Dataset):
+    """``dataset``'s items with each pair's mined hard negatives (``cafe mine``'s folder): ``per_sample`` texts
+    for its image and images for its caption, hardest first, read from ``pairs`` (the same split the negatives
+    were mined from; negatives mined from other pairs are refused). A pair with fewer mined negatives is
+    padded with its own caption and image, masked out of the loss (``Sample.negative_mask``)."""
+
+    def __init__(self, dataset: Dataset, pairs: ShardDataset, folder: str | Path, per_sample: int):
+        from cafe.mining.shards import read_negatives, read_version
+
+        version = read_version(folder)
+        if version["pairs_data_version"] != pairs.version:
+            raise ValueError(f"train.negatives {folder} was mined from pairs {version['pairs_data_version'][:12]}, "
+                             f"not {pairs.folder} ({pairs.version[:12]}): run `cafe mine` on these pairs")
+        self.dataset, self.pairs, self.per_sample = dataset, pairs, per_sample
+        self.version = version["sha256"]
+        ids = pairs.ids()
+        index = {pid: i for i, pid in enumerate(ids)}
+        mined = read_negatives(folder, pairs.split)
+        missing = [pid for pid in ids if pid not in mined]
+        if missing:
+            raise ValueError(f"train.negatives {folder}: no entry for pair {missing[0]!r} ({len(missing)} missing); "
+                             "mine again")
+        self.negatives = [tuple([index[j] for j in mined[pid][kind][:per_sample]] for kind in (0, 1)) for pid in ids]
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        sample, image = self.dataset[index]
+        texts, images = self.negatives[index]
+        pad = [index] * (self.per_sample - len(texts))
+        captions = tuple(self.pairs[j][0].caption for j in texts + pad)
+        pad = [index] * (self.per_sample - len(images))
+        pictures = tuple(self.pairs[j][1] for j in images + pad)
+        # one mask for both directions: a padded slot in either is masked in both
+        mask = tuple(i < min(len(texts), len(images)) for i in range(self.per_sample))
+        return replace(sample, negative_captions=captions, negative_images=pictures, negative_mask=mask), image
+
 
 def pairs_dataset(params, split: str = "train") -> Dataset:
     """The training pairs ``params.train.data`` names, with the configured caption prompt and switch; with
-    ``train.lm_source: replay`` their language samples come from ``train.replay`` (:mod:`cafe.data.replay`)."""
+    ``train.lm_source: replay`` their language samples come from ``train.replay`` (:mod:`cafe.data.replay`);
+    with ``train.negatives`` the train split's items carry their mined hard negatives (:class:`WithNegatives`)."""
     pairs = ShardDataset(params.train.data, split, params.prompts.caption, params.train.captions)
-    if params.train.lm_source == "replay":
-        return ReplayDataset(pairs, params.train.replay)
-    return pairs
+    dataset = ReplayDataset(pairs, params.train.replay) if params.train.lm_source == "replay" else pairs
+    if params.train.negatives and split == "train":
+        return WithNegatives(dataset, pairs, params.train.negatives, params.train.negatives_per_sample)
+    return dataset
 
 
 

@@ -27,6 +27,11 @@ class Sample:
     prompt: str
     answer: str
     caption: str | None = None
+    # mined hard negatives (train.negatives, cafe.data.pairs.WithNegatives): n texts for the image, n images for
+    # the caption, and which of the n are real (a pair with fewer is padded)
+    negative_captions: tuple[str, ...] | None = None
+    negative_images: tuple[Image.Image, ...] | None = None
+    negative_mask: tuple[bool, ...] | None = None
 
 
 def load_instruction_samples(path: str | Path, image_root: str | Path | None = None) -> list[Sample]:
@@ -58,13 +63,18 @@ class SampleDataset(Dataset):
 
 def collate(items: list[tuple[Sample, Image.Image]]) -> dict:
     samples = [s for s, _ in items]
-    return {
+    batch = {
         "ids": [s.id for s in samples],
         "images": [img for _, img in items],
         "prompts": [s.prompt for s in samples],
         "answers": [s.answer for s in samples],
         "captions": [s.caption for s in samples],
     }
+    if samples and samples[0].negative_mask is not None:  # flat, sample by sample
+        batch["negative_captions"] = [c for s in samples for c in s.negative_captions]
+        batch["negative_images"] = [im for s in samples for im in s.negative_images]
+        batch["negative_mask"] = torch.tensor([s.negative_mask for s in samples], dtype=torch.bool)
+    return batch
 
 
 class GlobalBatchSampler(Sampler[list[int]]):

@@ -42,6 +42,28 @@ def resolve_data_version(value: str | None, train_data: str) -> str:
                         "the pairs directory")
 
 
+def negatives_lineage(model: str | Path, negatives: str | None) -> Path | None:
+    """The data_version.json of the hard negatives the model was trained with: ``negatives`` (a `cafe mine`
+    folder; one without mined negatives, a pipeline's mine step that was off, means none), else the
+    ``train.negatives`` of the params.yaml saved with the model; None when it used none."""
+    from cafe.mining.shards import is_negatives, read_version
+
+    if negatives is not None:
+        return Path(negatives) / DATA_VERSION if is_negatives(negatives) else None
+    saved = Path(model) / "params.yaml"
+    if saved.is_file():
+        import yaml
+
+        negatives = ((yaml.safe_load(saved.read_text()) or {}).get("train") or {}).get("negatives")
+    if not negatives:
+        return None
+    try:
+        read_version(negatives)
+    except (FileNotFoundError, ValueError) as err:
+        raise RegistryError(f"the model was trained with hard negatives {negatives}: {err}") from None
+    return Path(negatives) / DATA_VERSION
+
+
 def _file(path: str | Path, name: str) -> Path:
     """The JSON file an evaluation or gate folder holds (``name``), or the file itself when given one."""
     path = Path(path)
@@ -59,7 +81,8 @@ def register(p: Params, model: str | Path, evaluation: str | Path, gate: str | P
              data_version: str | None = None, parent: str | None = None, params: Any = None,
              alias: str | None = None, reference: str | Path | None = None, reference_data: str | None = None,
              with_reference: bool = True, allow_failed_gate: bool = False, store: str | None = None, name: str | None = None,
-             record_out: str | Path | None = None, card_out: str | Path | None = None) -> dict:
+             record_out: str | Path | None = None, card_out: str | Path | None = None,
+             negatives: str | None = None) -> dict:
     """Register ``model`` with the evaluation's metrics.json and the per_item.npz beside it, and the gate's
     gate.json (each a folder or the file) into ``store`` (default ``registry.store``) as ``name`` (default ``registry.name``); returns the
     version record.
@@ -69,7 +92,9 @@ def register(p: Params, model: str | Path, evaluation: str | Path, gate: str | P
     one (a model `cafe monitor` cannot watch). ``data_version`` is a hash, a
     data_version.json or a pairs folder (default ``train.data``'s); ``parent`` defaults to ``train.base_model``;
     ``alias`` to ``registry.alias_on_register`` ("" for none). ``record_out`` / ``card_out`` also receive the
-    record (JSON) and the model card of the version (Markdown)."""
+    record (JSON) and the model card of the version (Markdown). A model trained with mined hard negatives
+    (``negatives``, default its saved ``train.negatives``) carries their version as ``negatives_version.json``
+    (the pairs' version, the mining model's version and digest)."""
     metrics, gate_file = _file(evaluation, "metrics.json"), _file(gate, "gate.json")
     registry, name = Registry(store or p.registry.store, progress=True), name or p.registry.name
     version_of_data = resolve_data_version(None if data_version is None else str(data_version), p.train.data)
@@ -78,7 +103,9 @@ def register(p: Params, model: str | Path, evaluation: str | Path, gate: str | P
             reference = Path(tmp) / "reference"
             build_reference(p, model, reference, data=reference_data)
         per_item = metrics.parent / "per_item.npz"  # lets a later gate bootstrap against this version
+        mined = negatives_lineage(model, negatives)
         extra = {**({"per_item.npz": per_item} if per_item.is_file() else {}),
+                 **({"negatives_version.json": mined} if mined is not None else {}),
                  **(registry_files(reference) if reference is not None else {})}
         record = registry.register(model, name, metrics=metrics, gate=gate_file,
                                    extra_files=extra, data_version=version_of_data, params=params,

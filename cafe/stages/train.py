@@ -72,15 +72,21 @@ def train_job(p: Params, params_file: str, job_overrides: Sequence[str], dest: s
 
 
 def pipeline_train(mode: str, params_file: str, overrides: Sequence[str], fields: dict, pairs_path: str,
-                   pairs_uri: str, base_model: str, checkpoints: str, dest: str) -> dict:
+                   pairs_uri: str, base_model: str, checkpoints: str, dest: str, negatives_path: str = "",
+                   negatives_uri: str = "") -> dict:
     """The training pipeline's train step: ``mode`` ``local`` trains here on the pairs artifact's folder,
     ``cluster`` runs :func:`train_job` on its store URI with checkpoints at ``checkpoints``; the model lands in
-    ``dest``. Returns the step's metadata (mode, job, data and checkpoint URIs)."""
+    ``dest``. ``negatives_path`` / ``_uri``: the mine step's output, used when it holds mined negatives.
+    Returns the step's metadata (mode, job, data and checkpoint URIs)."""
     import shutil
 
+    from cafe.mining.shards import is_negatives
     from cafe.pipeline_io import stage_params
     from cafe.storage import store_uri
 
+    mined = bool(negatives_path) and is_negatives(negatives_path)
+    if mined:
+        fields = {**fields, "train.negatives": negatives_path if mode == "local" else store_uri(negatives_uri)}
     if mode == "local":
         p, _ = stage_params(params_file, overrides, {**fields, "train.data": pairs_path, "train.output": checkpoints,
                                                      "train.base_model": base_model})
@@ -94,7 +100,8 @@ def pipeline_train(mode: str, params_file: str, overrides: Sequence[str], fields
         job = train_job(p, params_file, job_overrides, dest)
     else:
         raise ValueError(f"train_mode {mode!r}: use 'cluster' (PyTorchJob) or 'local' (in this step)")
-    return {"mode": mode, "job": job, "checkpoint_uri": checkpoints, "data_uri": data, "base_model": base_model}
+    return {"mode": mode, "job": job, "checkpoint_uri": checkpoints, "data_uri": data, "base_model": base_model,
+            "negatives_uri": fields.get("train.negatives")}
 
 
 def delete_failed_job(p: Params, name: str, mode: str, state: str) -> bool | None:

@@ -67,6 +67,8 @@ def fallback_reason(adapter: VLMAdapter, cfg: TrainConfig, backward: Backward) -
         return f"model family {adapter.family!r} cannot be packed exactly (its position scheme is not known here)"
     if cfg.objective.alpha_lm <= 0 or cfg.objective.alpha_con <= 0:
         return "only one objective is on: nothing to share"
+    if cfg.negatives:
+        return "mined hard negatives (train.negatives) are embedded by the three-pass step"
     if cfg.grad_cache_chunk > 0 and cfg.optim.clip_mode in ("per_loss", "balanced") and backward is plain_backward:
         return f"gradient caching with per-loss clipping (clip_mode {cfg.optim.clip_mode}) needs each term's gradient apart"
     return None

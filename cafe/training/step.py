@@ -14,6 +14,8 @@ gradient caching possible:
   3. re-embed each chunk with a graph under its recorded RNG state (so dropout matches) and back-propagate
      ``sum(embedding * cached_gradient)``, which puts exactly the full-batch gradient on the parameters
      while only one chunk's activations are alive.
+  With mined hard negatives in the batch (``train.negatives``) each sample's negative texts and images are
+  embedded with it, in the same chunks, and join its denominators (:func:`contrastive_loss`).
 
 Every backward goes through the ``backward`` callable given to :func:`loss_terms` (default
 ``tensor.backward()``); the training strategy passes its own (``DeepSpeedStrategy`` runs ``engine.backward``),
@@ -58,42 +60,65 @@ def _embed_pair(adapter: VLMAdapter, images: Sequence, captions: Sequence[str]) 
     return adapter.embed(adapter.image_embed_inputs(images)), adapter.embed(adapter.text_embed_inputs(captions))
 
 
+def _embed(adapter: VLMAdapter, batch: dict, lo: int, hi: int) -> list[torch.Tensor]:
+    """Image and text embeddings of samples ``[lo, hi)``; with mined negatives in the batch also their negative
+    texts and images (``n`` per sample, flat)."""
+    out = list(_embed_pair(adapter, batch["images"][lo:hi], batch["captions"][lo:hi]))
+    if "negative_mask" in batch:
+        n = batch["negative_mask"].shape[1]
+        neg_image, neg_text = _embed_pair(adapter, batch["negative_images"][lo * n:hi * n],
+                                          batch["negative_captions"][lo * n:hi * n])
+        out += [neg_text, neg_image]
+    return out
+
+
+def contrastive_loss(embeddings: Sequence[torch.Tensor], batch: dict, cfg: TrainConfig) -> torch.Tensor:
+    """L_con of the global batch from this rank's ``[image, text(, negative text, negative image)]``
+    embeddings: every part gathered across ranks with gradient, the in-batch duplicates masked, each sample's
+    mined negatives (if any) in its own denominators. The shared-prefix step computes the same loss."""
+    obj = cfg.objective
+    image, text = embeddings[:2]
+    ids = gather(caption_ids(batch["captions"]).to(image.device))
+    negatives = {}
+    if len(embeddings) > 2:
+        mask = batch["negative_mask"].to(image.device)
+        n, dim = mask.shape[1], image.shape[1]
+        negatives = {"negative_text": gather_with_grad(embeddings[2]).view(-1, n, dim),
+                     "negative_image": gather_with_grad(embeddings[3]).view(-1, n, dim),
+                     "negative_mask": gather(mask)}
+    return info_nce(gather_with_grad(image), gather_with_grad(text), obj.temperature, ids, obj.directions,
+                    hardness=obj.hardness, **negatives)
+
+
 def contrastive_term(adapter: VLMAdapter, batch: dict, cfg: TrainConfig, terms: Terms,
                      backward: Backward = plain_backward) -> Term:
-    obj = cfg.objective
     images, captions = batch["images"], batch["captions"]
     if any(c is None for c in captions):
         raise ValueError("alpha_con > 0 needs captions: train on repurposed pairs, not instruction records")
     spans = _spans(len(images), cfg.grad_cache_chunk)
-
-    def loss_of(image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        ids = gather(caption_ids(captions).to(image.device))
-        return info_nce(gather_with_grad(image), gather_with_grad(text), obj.temperature, ids, obj.directions)
+    n = batch["negative_mask"].shape[1] if "negative_mask" in batch else 0
 
     def direct() -> torch.Tensor:
-        loss = loss_of(*_embed_pair(adapter, images, captions))
+        loss = contrastive_loss(_embed(adapter, batch, 0, len(images)), batch, cfg)
         backward(terms.weighted(con=loss))
         return loss.detach()
 
     def cached() -> torch.Tensor:
         device = adapter.device
-        states, image_parts, text_parts = [], [], []
+        states, parts = [], []
         with torch.no_grad():
             for lo, hi in spans:
                 states.append(rng_snapshot(device))
-                image, text = _embed_pair(adapter, images[lo:hi], captions[lo:hi])
-                image_parts.append(image)
-                text_parts.append(text)
-        image = torch.cat(image_parts).requires_grad_()
-        text = torch.cat(text_parts).requires_grad_()
-        loss = loss_of(image, text)
+                parts.append(_embed(adapter, batch, lo, hi))
+        leaves = [torch.cat(kind).requires_grad_() for kind in zip(*parts)]
+        loss = contrastive_loss(leaves, batch, cfg)
         # on detached leaves: no parameter takes part, so this stays a plain autograd call
         terms.weighted(con=loss).backward()
         for (lo, hi), state in zip(spans, states):
             with replay(state, device):
-                image_chunk, text_chunk = _embed_pair(adapter, images[lo:hi], captions[lo:hi])
-            surrogate = (image_chunk * image.grad[lo:hi]).sum() + (text_chunk * text.grad[lo:hi]).sum()
-            backward(surrogate)
+                chunk = _embed(adapter, batch, lo, hi)
+            rows = [(lo, hi)] * 2 + [(lo * n, hi * n)] * (len(chunk) - 2)
+            backward(sum((part * leaf.grad[a:b]).sum() for part, leaf, (a, b) in zip(chunk, leaves, rows)))
         return loss.detach()
 
     return cached if len(spans) > 1 else direct

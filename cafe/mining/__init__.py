@@ -1,0 +1,1 @@
+"""Hard negatives as a pipeline stage (`cafe mine`): neighbour search, false-negative rules, versioned shards."""
