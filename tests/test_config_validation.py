@@ -56,6 +56,19 @@ def test_the_cli_prints_one_line_and_exits_2():
     assert len(lines) == 1 and lines[0].startswith("config error: pretrain.vision_steps: must be >= 0 (got -5)"), lines
 
 
+def test_a_missing_params_file_is_said_not_silently_replaced_by_the_class_defaults(tmp_path, monkeypatch):
+    from cafe.cli import app
+
+    sizes = ["-s", "synth.train_images=4", "-s", "synth.retrieval_images=4", "-s", "synth.probe_images=4"]
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["synth", *sizes, "-s", "synth.out=world"])
+    assert result.exit_code == 0, result.output
+    assert "note: params.yaml not found in" in result.output and "using the class defaults" in result.output
+    (tmp_path / "params.yaml").write_text("synth:\n  image_size: 96\n")
+    result = CliRunner().invoke(app, ["synth", *sizes, "-s", "synth.out=world2"])
+    assert result.exit_code == 0 and "not found" not in result.output, result.output
+
+
 @pytest.mark.parametrize("steps", [1, 2, 10, 20])
 def test_short_vision_warm_ups_run(params, world, steps):
     """torch's OneCycleLR divides by zero when its rising phase ends on step 0 (10 steps at the warm-up's 0.1)

@@ -49,7 +49,11 @@ def failures(*kinds: type[BaseException], code: int = 1, label: str = "error") -
 
 
 def params(path: str, overrides: Optional[list[str]]) -> Params:
-    """params.yaml (+ overrides); a bad file or override ends the command with exit 2."""
+    """params.yaml (+ overrides); a bad file or override ends the command with exit 2. A missing file is
+    said, since the class defaults (the paper's settings) are not the embedded default of params.yaml."""
+    if not Path(path).is_file():
+        error(f"{path} not found in {Path.cwd()}: using the class defaults (the paper's settings, e.g. 64 px "
+              "shapes), not the project's params.yaml; run from the project root or pass -p FILE", label="note")
     with failures(ConfigError, code=2, label="config error"):
         return load_params(path, overrides)
 
