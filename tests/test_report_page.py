@@ -8,6 +8,8 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,9 +46,16 @@ def chromium() -> str:
 
 
 def headless(*args: str, tmp) -> str:
-    cmd = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-           f"--user-data-dir={tmp / 'profile'}", "--window-size=1200,900", "--virtual-time-budget=10000", *args]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    """Chromium's output for ``args``. Its profile and TMPDIR go to a short folder under /tmp: under a long
+    TMPDIR it aborts ("Socket path too long" for its singleton socket)."""
+    short = tempfile.mkdtemp(prefix="chromium-", dir="/tmp" if os.access("/tmp", os.W_OK) else None)
+    try:
+        cmd = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+               f"--user-data-dir={Path(short) / 'profile'}", "--window-size=1200,900", "--virtual-time-budget=10000",
+               *args]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "TMPDIR": short})
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
 
