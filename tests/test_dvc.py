@@ -160,3 +160,28 @@ def test_dvc_exp_run_registers_only_when_asked(tmp_path, monkeypatch):
     asked = CliRunner().invoke(app, [*args, "-s", "registry.experiments=true"])
     assert asked.exit_code == 0, asked.output
     assert [r["version"] for r in Registry(tmp_path / "reg").list("cafe")] == [1]
+
+
+@pytest.mark.parametrize("dvc_file", ["dvc.yaml", "pipelines/mining/dvc.yaml"])
+def test_every_parameter_a_stage_declares_is_in_its_params_file(dvc_file):
+    """DVC refuses a stage whose declared parameter is missing from the params file ("Parameters 'serve.batch_size'
+    are missing from 'params.yaml'"): the main job stopped after the gate for that."""
+    root = Path(__file__).resolve().parents[1]
+    stages = yaml.safe_load((root / dvc_file).read_text())["stages"]
+    missing = []
+    for name, stage in stages.items():
+        for entry in stage.get("params", []):
+            files = entry.items() if isinstance(entry, dict) else [("params.yaml", [entry])]
+            for file, keys in files:
+                path = (root / dvc_file).parent / file
+                if not path.is_file():
+                    path = root / file
+                values = yaml.safe_load(path.read_text())
+                for key in keys:
+                    node = values
+                    for part in key.split("."):
+                        node = node.get(part) if isinstance(node, dict) and part in node else KeyError
+                        if node is KeyError:
+                            missing.append(f"{name}: {key} (in {file})")
+                            break
+    assert not missing, missing
