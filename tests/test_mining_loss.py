@@ -17,6 +17,7 @@ from cafe.distributed import average_gradients
 from cafe.objective import caption_ids, info_nce
 from cafe.training.step import loss_terms
 from tests.conftest import make_adapter, pairs
+from tests.test_grad_cache import _assert_same
 from tests.multiproc import free_port, spawn
 
 
@@ -123,16 +124,6 @@ def _grads(params, batch, chunk, sync=lambda p: None):
     losses = {name: run() for name, run in loss_terms(adapter, batch, cfg).items()}
     sync(list(adapter.model.parameters()))
     return losses, {n: p.grad.clone() for n, p in adapter.model.named_parameters() if p.grad is not None}
-
-
-def _assert_same(a, b):
-    (la, ga), (lb, gb) = a, b
-    for k in la:
-        torch.testing.assert_close(la[k], lb[k], rtol=1e-5, atol=1e-6)
-    assert ga.keys() == gb.keys() and len(ga) > 10
-    for k in ga:
-        scale = gb[k].abs().max().item()
-        assert (ga[k] - gb[k]).abs().max().item() <= 1e-4 * scale + 1e-7, (k, scale)
 
 
 def test_cached_gradients_with_negatives_equal_uncached(params, tmp_path):
