@@ -297,6 +297,10 @@ class MineConfig(_Section):
     # a model folder, or a registry version / alias of ``registry.name`` (e.g. "production", "latest", "3")
     model: str = "runs/cafe/model"
     out: str = "data/negatives"  # beside the pairs: shards + data_version.json + summary.json
+    # model: a model's nearest neighbours after the false-negative rules; attribute_swaps: rule-made captions
+    # (colours, shapes, sizes, positions, counts replaced or swapped, cafe/mining/swaps.py), no model needed;
+    # both: the swaps first, then the mined ones, k in all
+    source: Literal["model", "attribute_swaps", "both"] = "model"
     k: int = Field(4, ge=1)  # negatives kept per pair and direction (texts for an image, images for a text)
     candidates: int = Field(64, ge=1)  # nearest neighbours searched per query before the rules
     # false-negative rules (each drops a candidate): same normalised caption, same image sha256, a

@@ -9,6 +9,9 @@ Layout of ``mine.out`` (beside the pairs folder, e.g. ``data/negatives`` next to
 
 ``text_negatives`` of a pair are the pair ids whose captions are hard negatives for its image (image->text);
 ``image_negatives`` those whose images are hard negatives for its caption (text->image), hardest first.
+Attribute-swap negatives (``mine.source: attribute_swaps | both``, :mod:`cafe.mining.swaps`) add two columns,
+``swap_captions`` (the rule-made negative captions of the pair) and ``swap_kinds`` (``replace_colour``, ...);
+their ``text_negatives`` / ``image_negatives`` are the pairs whose caption equals one of them.
 The folder is written under a temporary name and renamed, so it is complete or absent; its ``sha256`` is the
 content hash of the shards (:func:`cafe.data.shards.write_data_version`), and ``pairs_data_version`` ties it
 to the pairs it was mined from: training refuses negatives mined from other pairs.
@@ -32,6 +35,7 @@ SCHEMA = pa.schema([
     ("text_negatives", pa.list_(pa.string())), ("text_scores", pa.list_(pa.float32())),
     ("image_negatives", pa.list_(pa.string())), ("image_scores", pa.list_(pa.float32())),
 ])
+SWAP_FIELDS = [("swap_captions", pa.list_(pa.string())), ("swap_kinds", pa.list_(pa.string()))]
 ROWS_PER_SHARD = 100_000
 
 
@@ -45,10 +49,11 @@ def _lists(ids: list[str], idx: np.ndarray, scores: np.ndarray) -> tuple[list[li
 
 
 def write_negatives(out: str | Path, split: str, ids: list[str], text: tuple[np.ndarray, np.ndarray],
-                    image: tuple[np.ndarray, np.ndarray], pairs_version: str, model: dict, summary: dict,
-                    config: dict) -> dict:
+                    image: tuple[np.ndarray, np.ndarray], pairs_version: str, model: dict | None, summary: dict,
+                    config: dict, swaps: list[list[tuple[str, str]]] | None = None) -> dict:
     """Write the folder atomically; ``text`` / ``image``: (pair indices ``[n, k]`` with -1 padding, scores) of
-    each direction. Returns the data version written."""
+    each direction; ``swaps``: each pair's attribute-swap captions as ``(kind, text)``. Returns the data
+    version written."""
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -56,14 +61,19 @@ def write_negatives(out: str | Path, split: str, ids: list[str], text: tuple[np.
     try:
         text_ids, text_scores = _lists(ids, *text)
         image_ids, image_scores = _lists(ids, *image)
+        schema = SCHEMA if swaps is None else pa.schema([*SCHEMA, *SWAP_FIELDS])
+        extra = {} if swaps is None else {"swap_captions": [[t for _, t in row] for row in swaps],
+                                          "swap_kinds": [[kind for kind, _ in row] for row in swaps]}
         for shard, lo in enumerate(range(0, len(ids), ROWS_PER_SHARD)):
             hi = lo + ROWS_PER_SHARD
             table = pa.Table.from_pydict({"id": ids[lo:hi], "text_negatives": text_ids[lo:hi],
                                           "text_scores": text_scores[lo:hi], "image_negatives": image_ids[lo:hi],
-                                          "image_scores": image_scores[lo:hi]}, schema=SCHEMA)
+                                          "image_scores": image_scores[lo:hi],
+                                          **{name: col[lo:hi] for name, col in extra.items()}}, schema=schema)
             pq.write_table(table, tmp / split / f"part-{shard:05d}.parquet", compression="zstd")
         version = write_data_version(tmp)
-        version.update({"kind": "hard_negatives", "pairs_data_version": pairs_version, "model": model})
+        version.update({"kind": "hard_negatives", "source": config.get("source", "model"),
+                        "pairs_data_version": pairs_version, "model": model})
         (tmp / DATA_VERSION).write_text(json.dumps(version, indent=1) + "\n")
         (tmp / "summary.json").write_text(json.dumps({**summary, "data_version": version["sha256"]}, indent=1) + "\n")
         (tmp / "mine.json").write_text(json.dumps(config, indent=1) + "\n")
@@ -107,4 +117,19 @@ def read_negatives(folder: str | Path, split: str = "train") -> dict[str, tuple[
     for path in sorted(i.path for i in infos if i.path.endswith(".parquet")):
         cols = pq.read_table(path, columns=["id", "text_negatives", "image_negatives"], filesystem=fs).to_pydict()
         out.update(zip(cols["id"], zip(cols["text_negatives"], cols["image_negatives"])))
+    return out
+
+
+def read_swap_captions(folder: str | Path, split: str = "train") -> dict[str, list[tuple[str, str]]]:
+    """``pair id -> [(kind, caption)]``: the attribute-swap negative captions (empty without the columns)."""
+    fs, root = filesystem(str(folder))
+    infos = fs.get_file_info(pafs.FileSelector(f"{root}/{split}", allow_not_found=True))
+    out: dict[str, list[tuple[str, str]]] = {}
+    for path in sorted(i.path for i in infos if i.path.endswith(".parquet")):
+        table = pq.read_table(path, filesystem=fs)
+        if "swap_captions" not in table.column_names:
+            continue
+        cols = table.select(["id", "swap_kinds", "swap_captions"]).to_pydict()
+        out.update((pid, list(zip(kinds, texts))) for pid, kinds, texts in
+                   zip(cols["id"], cols["swap_kinds"], cols["swap_captions"]))
     return out

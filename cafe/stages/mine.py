@@ -1,6 +1,7 @@
 """Stage `mine` (optional, between repurpose and train): hard negatives for every training pair from a model's
-nearest neighbours, with the false-negative rules, as shards beside the pairs with their own data version
-(recording the pairs' version and the mining model's registry version and weights digest)."""
+nearest neighbours, with the false-negative rules, or rule-made attribute swaps of its caption
+(``mine.source``), as shards beside the pairs with their own data version (recording the pairs' version and
+the mining model's registry version and weights digest)."""
 
 from __future__ import annotations
 
@@ -43,11 +44,16 @@ def resolve_mining_model(p: Params, model: str) -> dict:
     return {"path": str(folder), "ref": model, "version": version, "digest": weights_digest(folder)}
 
 
-def mine(p: Params, model: str | None = None, data: str | None = None, out: str | None = None) -> dict:
-    """Mine ``data`` (default ``mine.data``) with ``model`` (default ``mine.model``: a folder or a registry
-    alias) into ``out`` (default ``mine.out``); returns the summary (how many candidates each rule dropped)."""
-    update = {k: str(v) for k, v in (("model", model), ("data", data), ("out", out)) if v is not None}
-    cfg = p.mine.model_copy(update=update)
+def mine(p: Params, model: str | None = None, data: str | None = None, out: str | None = None,
+         source: str | None = None) -> dict:
+    """Mine ``data`` (default ``mine.data``) into ``out`` (default ``mine.out``) by ``source`` (default
+    ``mine.source``): with ``model`` (default ``mine.model``: a folder or a registry alias), by attribute swaps
+    of the captions (no model), or both; returns the summary (how many candidates each rule dropped)."""
+    update = {k: str(v) for k, v in (("model", model), ("data", data), ("out", out), ("source", source))
+              if v is not None}
+    cfg = p.mine.model_validate({**p.mine.model_dump(), **update})
+    if cfg.source == "attribute_swaps":
+        return run(None, cfg, p.train.captions, read_data_version(cfg.data), None)
     identity = resolve_mining_model(p, cfg.model)
     adapter = load_adapter(identity["path"], p.prompts, p.model, fresh_tuning=False)
     return run(adapter, cfg, p.train.captions, read_data_version(cfg.data), identity, model_path=identity["path"])
@@ -65,5 +71,7 @@ def pipeline_mine(enabled: bool, params_file: str, overrides: list[str], fields:
         return {"mined": False}
     p, _ = stage_params(params_file, overrides, {**fields, "mine.progress": False})
     summary = mine(p, model=model or None, data=pairs_path, out=dest)
-    kept = {d: info["kept"] for d, info in summary["directions"].items()}
-    return {"mined": True, "model": model or p.mine.model, "data_version": summary["data_version"], "kept": kept}
+    written = summary["swaps"]["written"] if "swaps" in summary else summary["directions"]
+    kept = {d: info["kept"] for d, info in written.items()}
+    return {"mined": True, "source": p.mine.source, "model": None if p.mine.source == "attribute_swaps"
+            else model or p.mine.model, "data_version": summary["data_version"], "kept": kept}
