@@ -171,19 +171,13 @@ def _train_miner(p, steps: int, out: Path):
     return train(p, base_model=init, progress=True, resume=False)
 
 
-def part_false_negatives(args) -> dict:
-    import numpy as np
-    import torch
-
+def _world(args):
+    """The params, work folder and timings of a shapes world of ``--train-images`` and its pairs (made unless
+    ``--workdir`` holds them)."""
     from cafe.config import load_params
     from cafe.data import shapes
     from cafe.data.repurpose import repurpose
-    from cafe.mining.embed import embed_pairs, embedding_cache, read_pairs
-    from cafe.mining.rules import KEEP, ORDER, PairKeys, reasons, select
-    from cafe.mining.search import exact_topk
-    from cafe.models import load_adapter
 
-    torch.set_num_threads(args.threads)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="cafe-mining-bench-"))
     p = load_params(ROOT / "params.yaml")
     p.synth.out, p.synth.train_images = str(work / "shapes"), args.train_images
@@ -200,6 +194,20 @@ def part_false_negatives(args) -> dict:
     if not (work / "pairs" / "data_version.json").is_file():
         repurpose(p.repurpose)
     timings["world_s"] = time.perf_counter() - start
+    return p, work, timings
+
+
+def part_false_negatives(args) -> dict:
+    import numpy as np
+    import torch
+
+    from cafe.mining.embed import embed_pairs, embedding_cache, read_pairs
+    from cafe.mining.rules import KEEP, ORDER, PairKeys, reasons, select
+    from cafe.mining.search import exact_topk
+    from cafe.models import load_adapter
+
+    torch.set_num_threads(args.threads)
+    p, work, timings = _world(args)
     start = time.perf_counter()
     model = Path(args.model) if args.model else work / "miner" / "model"
     if not (model / "config.json").is_file():
@@ -265,6 +273,64 @@ def part_false_negatives(args) -> dict:
     return result
 
 
+def part_swaps(args) -> dict:
+    """The attribute-swap rule on a shapes world's pairs: the stage's summary (variants made, dropped by each
+    rule, the normalised-caption rule's false-negative rate by the captions' own ground truth) and an
+    independent check against the scenes (objects of the detailed descriptions): how many of the variants the
+    normalised-caption rule keeps, and of the captions written, describe the pair's image."""
+    from cafe.data.shards import read_data_version
+    from cafe.data.shapes import ShapeObject
+    from cafe.mining.embed import read_pairs
+    from cafe.mining.run import mine
+    from cafe.mining.shards import read_swap_captions
+    from cafe.mining.swaps import judge, normalise, parse, variants
+
+    p, work, timings = _world(args)
+    cfg = p.mine.model_copy(update={"data": p.train.data, "out": str(work / "negatives-swaps"), "k": args.k,
+                                    "source": "attribute_swaps", "progress": False})
+    start = time.perf_counter()
+    summary = mine(None, cfg, p.train.captions, read_data_version(p.train.data), None)
+    timings["mine_s"] = time.perf_counter() - start
+    scenes = _objects(work / "shapes")
+    pairs = read_pairs(p.train.data, "train", p.train.captions, phash=False)
+    written = read_swap_captions(cfg.out)
+
+    def true_of(text: str, scene: list) -> bool:
+        parsed = parse(text)
+        if not parsed.objects:  # a count alone
+            return parsed.count is not None and parsed.count[0] == len(scene)
+        named = [ShapeObject(o.get("colour"), o.get("shape"), o.get("size"), o.get("position") or "center")
+                 for o in parsed.objects]
+        return _describes(text, named, scene) and (parsed.count is None or parsed.count[0] == len(scene))
+
+    text_rule = {"kept": 0, "false_negatives": 0}
+    out = {"kept": 0, "false_negatives": 0}
+    for pid, caption in zip(pairs.ids, pairs.captions):
+        scene = scenes[pid.rsplit("-", 1)[0]]
+        own = normalise(caption)
+        for _, text in variants(caption):
+            if normalise(text) != own:
+                text_rule["kept"] += 1
+                text_rule["false_negatives"] += true_of(text, scene)
+        for _, text in written[pid]:
+            out["kept"] += 1
+            out["false_negatives"] += true_of(text, scene)
+        assert len(judge(caption).kept) >= len(written[pid])
+    for r in (text_rule, out):
+        r["rate"] = r["false_negatives"] / max(1, r["kept"])
+    return {"pairs": len(pairs), "k": args.k, "timings": timings, "summary": summary["swaps"],
+            "scene_check": {"normalised_caption_rule": text_rule, "written": out}}
+
+
+def _print_swaps(sw: dict) -> None:
+    s = sw["summary"]
+    print(f"\nattribute swaps ({sw['pairs']} pairs, k={sw['k']}): {s['variants']} variants, dropped {s['dropped']}")
+    print(f"  false negatives by kind (normalised-caption rule alone): {s['false_negative_rate']['by_kind']}")
+    for label, r in sw["scene_check"].items():
+        print(f"  against the scenes, {label}: {r['false_negatives']} of {r['kept']} ({r['rate']:.4f})")
+    print(f"  pairs with pair negatives {s['pairs_with_pair_negatives']}, pair negatives {s['pair_negatives']}")
+
+
 def _print_scale(rows: list[dict]) -> None:
     print(f"\n{'pairs':>9} {'index':>10} {'seconds':>10} {'peak MB':>9} {'recall':>7}")
     for r in rows:
@@ -293,31 +359,30 @@ def _print_fn(fn: dict) -> None:
                   f"{r['pairs_short']} pairs short of k)")
 
 
+PARTS = {"scale": (part_scale, _print_scale), "false_negatives": (part_false_negatives, _print_fn),
+         "swaps": (part_swaps, _print_swaps)}
+# --name, default (a list: any number of values), other argparse keywords
+OPTIONS = (
+    ("parts", ["scale", "false_negatives"], {"nargs": "+", "choices": list(PARTS)}),
+    ("exact", [10_000, 100_000], {}), ("approximate", [1_000_000], {}), ("dim", 128, {}), ("k", 4, {}),
+    ("candidates", 64, {}), ("chunk", 4096, {}), ("threads", 2, {}), ("nlist", 1024, {}), ("nprobe", 16, {}),
+    ("approx-queries", 20_000, {}), ("train-images", 2000, {}), ("steps", 150, {}), ("batch-size", 32, {}),
+    ("margin", 0.05, {}),
+    ("margins", [-1.0, 0.0, 0.01, 0.02], {"help": "further margins for the all-rules arm (-1: a margin that drops "
+                                                   "nothing)"}),
+    ("distance", 4, {}), ("model", "", {"help": "a miner to use instead of training one"}),
+    ("workdir", "", {"help": "keep the world, pairs and miner here (reused when present)"}),
+    ("out", default_out("mining"), {}),
+    ("scenario", 0, {"help": argparse.SUPPRESS}), ("method", "exact", {"help": argparse.SUPPRESS}),
+)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--parts", nargs="+", default=["scale", "false_negatives"], choices=["scale", "false_negatives"])
-    ap.add_argument("--exact", type=int, nargs="*", default=[10_000, 100_000])
-    ap.add_argument("--approximate", type=int, nargs="*", default=[1_000_000])
-    ap.add_argument("--dim", type=int, default=128)
-    ap.add_argument("--k", type=int, default=4)
-    ap.add_argument("--candidates", type=int, default=64)
-    ap.add_argument("--chunk", type=int, default=4096)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--nlist", type=int, default=1024)
-    ap.add_argument("--nprobe", type=int, default=16)
-    ap.add_argument("--approx-queries", type=int, default=20_000)
-    ap.add_argument("--train-images", type=int, default=2000)
-    ap.add_argument("--steps", type=int, default=150)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--margin", type=float, default=0.05)
-    ap.add_argument("--margins", type=float, nargs="*", default=[-1.0, 0.0, 0.01, 0.02],
-                    help="further margins for the all-rules arm (-1: a margin that drops nothing)")
-    ap.add_argument("--distance", type=int, default=4)
-    ap.add_argument("--model", default="", help="a miner to use instead of training one")
-    ap.add_argument("--workdir", default="", help="keep the world, pairs and miner here (reused when present)")
-    ap.add_argument("--out", default=default_out("mining"))
-    ap.add_argument("--scenario", type=int, default=0, help=argparse.SUPPRESS)
-    ap.add_argument("--method", default="exact", help=argparse.SUPPRESS)
+    for name, default, extra in OPTIONS:
+        kind = type(default[0] if isinstance(default, list) else default)
+        ap.add_argument(f"--{name}", type=kind, default=default,
+                        **{**({"nargs": "*"} if isinstance(default, list) else {}), **extra})
     args = ap.parse_args()
     if args.scenario:
         print(json.dumps(scale_scenario(args)))
@@ -326,13 +391,11 @@ def main() -> None:
     previous = Path(args.out)
     if previous.is_file():  # a run of one part keeps the other part's numbers
         old = json.loads(previous.read_text())
-        result.update({k: old[k] for k in ("scale", "false_negatives") if k in old})
-    if "scale" in args.parts:
-        result["scale"] = part_scale(args)
-        _print_scale(result["scale"])
-    if "false_negatives" in args.parts:
-        result["false_negatives"] = part_false_negatives(args)
-        _print_fn(result["false_negatives"])
+        result.update({k: old[k] for k in PARTS if k in old})
+    for part in args.parts:
+        run, show = PARTS[part]
+        result[part] = run(args)
+        show(result[part])
     print(f"\n-> {write_result(args.out, result)}")
 
 

@@ -26,7 +26,7 @@ def _stages(path: Path) -> dict:
 
 def test_mining_stages_are_a_pipeline_of_their_own():
     root, mining = _stages(REPO / "dvc.yaml"), _stages(MINING)
-    assert set(mining) == {"mine", "train_mined", "evaluate_mined"} and not set(mining) & set(root)
+    assert set(mining) == {"mine", "mine_swaps", "train_mined", "evaluate_mined"} and not set(mining) & set(root)
     assert not any("negatives" in str(stage) for stage in root.values())  # the default never mines
     sections = set(Params.model_fields)
     for name, stage in mining.items():
@@ -34,6 +34,9 @@ def test_mining_stages_are_a_pipeline_of_their_own():
         assert {key.partition(".")[0] for key in stage["params"]} <= sections, name
     assert "runs/cafe/model" in mining["mine"]["deps"] and mining["mine"]["outs"] == ["data/negatives"]
     assert "data/negatives" in mining["train_mined"]["deps"]
+    # the attribute-swap arm needs no model, only the pairs
+    assert "--source attribute_swaps" in mining["mine_swaps"]["cmd"] and mining["mine_swaps"]["outs"] == [
+        "data/negatives-swaps"] and not any("runs/" in d for d in mining["mine_swaps"]["deps"])
 
 
 def test_dvc_repro_runs_the_default_pipeline_and_mining_only_when_named(tmp_path, monkeypatch):
@@ -51,7 +54,7 @@ def test_dvc_repro_runs_the_default_pipeline_and_mining_only_when_named(tmp_path
         mining = {s.name for s in collect_stages(repo, ["pipelines/mining/dvc.yaml"])}
         upstream = {s.name for s in repo.index.graph.successors(by_file["pipelines/mining/dvc.yaml:mine"])}
     assert default == set(_stages(REPO / "dvc.yaml"))
-    assert mining == {"mine", "train_mined", "evaluate_mined"}
+    assert mining == {"mine", "mine_swaps", "train_mined", "evaluate_mined"}
     assert {"repurpose", "train"} <= upstream  # the negatives come after the round-1 model and the pairs
 
 
@@ -92,6 +95,15 @@ def test_mine_component_off_leaves_no_negatives_and_on_mines(params, tmp_path, m
     version = read_version(on.path)
     assert on.metadata["mined"] and on.metadata["data_version"] == version["sha256"]
     assert version["model"]["path"] == str(model)
+
+    # the same step makes the attribute-swap arm by config alone, with no model to name
+    swaps = _artifact(dsl.Dataset, tmp_path / "swaps")
+    mine(pairs=data, mine_negatives=True, mining_model="", registry_store="", model_name="cafe",
+         params_file=str(params_file), overrides=["mine.source=attribute_swaps"], s3_endpoint="", negatives=swaps)
+    version = read_version(swaps.path)
+    assert version["source"] == "attribute_swaps" and version["model"] is None
+    assert swaps.metadata["source"] == "attribute_swaps" and swaps.metadata["data_version"] == version["sha256"]
+    assert swaps.metadata["kept"]["i2t"] == swaps.metadata["kept"]["t2i"]
 
 
 def test_mining_model_from_a_registry_alias(params, tmp_path, monkeypatch):

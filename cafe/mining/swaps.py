@@ -187,6 +187,7 @@ class Judged:
     dropped: dict[str, int]
     truth: bool  # the caption parsed (ground truth available)
     made: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    false_by_kind: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     text_rule_kept: int = 0  # variants the normalised-caption rule alone keeps
     text_rule_false: int = 0  # ... of which still describe the image (ground truth)
 
@@ -208,6 +209,7 @@ def judge(caption: str, same_image_captions: frozenset[str] = frozenset()) -> Ju
         if has_truth and norm not in same_image_captions:
             judged.text_rule_kept += 1
             judged.text_rule_false += fitting
+            judged.false_by_kind[kind] += fitting
         if fitting:
             judged.dropped["fits_image"] += 1
         elif not has_truth and norm in same_image_captions:
@@ -247,12 +249,14 @@ def swap_negatives(captions: list[str], image_sha256: list[str], k: int, seed: i
     made = dict.fromkeys(KINDS, 0)
     kept_kinds = dict.fromkeys(KINDS, 0)
     dropped = dict.fromkeys(DROPS, 0)
+    false_by_kind = dict.fromkeys(KINDS, 0)
     truth_pairs = text_rule_kept = text_rule_false = no_variant = matched = 0
     for i, caption in enumerate(captions):
         same = frozenset(normalise(captions[j]) for j in by_image[image_sha256[i]] if j != i)
         judged = judge(caption, same)
         for kind, c in judged.made.items():
             made[kind] += c
+            false_by_kind[kind] += judged.false_by_kind[kind]
         for rule, c in judged.dropped.items():
             dropped[rule] += c
         truth_pairs += judged.truth
@@ -280,7 +284,8 @@ def swap_negatives(captions: list[str], image_sha256: list[str], k: int, seed: i
         "dropped": dropped, "kept": total - sum(dropped.values()), "text_negatives": kept_kinds,
         "pairs_without_variant": no_variant, "pairs_with_pair_negatives": matched,
         "pair_negatives": int((pairs >= 0).sum()),
-        "false_negative_rate": swap_false_negative_rate(text_rule_false, text_rule_kept),
+        "false_negative_rate": {**swap_false_negative_rate(text_rule_false, text_rule_kept),
+                                "by_kind": false_by_kind},
     }
     return {"captions": chosen, "pairs": pairs, "summary": summary}
 
