@@ -194,3 +194,13 @@ def test_stage_writes_swap_shards_that_training_loads(params, tmp_path):
     sample, _ = dataset[index]
     assert sample.negative_mask[0] and normalise(sample.negative_captions[0]) == normalise(
         caption[table["text_negatives"][index][0]])
+
+
+def test_fits_matches_objects_one_to_one_whatever_the_order():
+    # the first mention agrees with both truth objects, the second with only the first: a greedy match fails
+    truth = parse("a small red circle and a small red circle at the top.")
+    assert fits(parse("a red circle and a small red circle at the top."), truth)
+    assert not fits(parse("a red circle at the top and a small red circle at the top."), parse(
+        "a small red circle at the top and a small red circle at the left."))
+    many = " and ".join(f"a small {c} circle" for c in shapes.COLOURS) + "."
+    assert not fits(parse(many.replace("white", "red")), parse(many))  # eight mentions: no blow-up

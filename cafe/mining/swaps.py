@@ -116,10 +116,17 @@ def fits(variant: Parsed, truth: Parsed) -> bool:
     def agree(a: tuple, b: tuple) -> bool:
         return all(x is None or y is None or x == y for x, y in zip(a, b))
 
-    def match(i: int, used: frozenset) -> bool:
-        return i == len(left) or any(j not in used and agree(left[i], right[j]) and match(i + 1, used | {j})
-                                     for j in range(len(right)))
-    return match(0, frozenset())
+    owner: dict[int, int] = {}  # a perfect matching by augmenting paths (Kuhn), polynomial in the mentions
+
+    def augment(i: int, seen: set) -> bool:
+        for j in range(len(right)):
+            if j not in seen and agree(left[i], right[j]):
+                seen.add(j)
+                if j not in owner or augment(owner[j], seen):
+                    owner[j] = i
+                    return True
+        return False
+    return all(augment(i, set()) for i in range(len(left)))
 
 
 def _edit(text: str, edits: list[tuple[int, int, str]]) -> str:
