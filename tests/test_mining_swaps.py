@@ -204,3 +204,25 @@ def test_fits_matches_objects_one_to_one_whatever_the_order():
         "a small red circle at the top and a small red circle at the left."))
     many = " and ".join(f"a small {c} circle" for c in shapes.COLOURS) + "."
     assert not fits(parse(many.replace("white", "red")), parse(many))  # eight mentions: no blow-up
+
+
+def test_both_puts_the_swap_pairs_first_then_the_mined_ones(params, tmp_path):
+    from cafe.config import MineConfig
+    from cafe.mining.run import mine
+    from cafe.mining.shards import read_negatives
+    from tests.conftest import make_adapter
+
+    pairs(params)
+    version = read_data_version(params.train.data)
+    common = {"data": params.train.data, "k": 3, "candidates": 12, "rules": [], "cache_dir": "", "progress": False}
+    swaps = MineConfig(**common, out=str(tmp_path / "swaps"), source="attribute_swaps")
+    both = MineConfig(**common, out=str(tmp_path / "both"), source="both")
+    mine(None, swaps, params.train.captions, version, None)
+    summary = mine(make_adapter(params), both, params.train.captions, version, {"path": "tiny"})
+    assert {"rules", "search", "swaps"} <= set(summary) and read_version(both.out)["source"] == "both"
+    by_rule, merged = read_negatives(swaps.out), read_negatives(both.out)
+    assert read_swap_captions(both.out) == read_swap_captions(swaps.out)
+    for pid, (texts, images) in merged.items():
+        for mined, first in ((texts, by_rule[pid][0]), (images, by_rule[pid][1])):
+            assert mined[:len(first)] == first and len(set(mined)) == len(mined) <= 3
+            assert len(mined) == 3  # with the rules off, 11 neighbours besides the pair itself fill k
