@@ -65,13 +65,19 @@ def _hand_averaged(params, batch, chunk, step="three_pass"):
             for n, p in adapter.model.named_parameters()}
 
 
-def _worker(rank, port, params, out):
+def _join(rank, port, params):
+    """Join the 2-rank gloo group as ``rank``: its ``DistEnv`` and its 6 of the 12 samples."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE="2")
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=2)
     env = DistEnv(rank=rank, world_size=2)
     batch = _batch(params, 6 * rank, 6 * rank + 6)
+    return env, batch
+
+
+def _worker(rank, port, params, out):
+    env, batch = _join(rank, port, params)
     result = {"ddp": _hand_averaged(params, batch, chunk=0)}
     for stage in (0, 2, 3):
         for chunk in (0, 2):  # 2: three chunks per rank
@@ -111,12 +117,7 @@ def test_grad_cache_is_exact_under_zero0_zero2_and_zero3(params, tmp_path):
 
 
 def _negatives_worker(rank, port, params, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE="2")
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    env = DistEnv(rank=rank, world_size=2)
-    batch = _batch(params, 6 * rank, 6 * rank + 6)
+    env, batch = _join(rank, port, params)
     assert "negative_mask" in batch  # the pairs carry their mined negatives
     result = {}
     for step in ("three_pass", "shared_prefix"):
