@@ -1,6 +1,7 @@
 """Under the DeepSpeed engine (2 gloo ranks, ZeRO-0, ZeRO-2 and ZeRO-3) gradient caching applies exactly the gradient
-of the uncached step, which is the hand-averaged gradient of the DDP-style path, and so does the shared-prefix step; a DeepSpeed run checkpoints and
-resumes to the weights of an uninterrupted one.
+of the uncached step, which is the hand-averaged gradient of the DDP-style path, and so does the shared-prefix step; with
+mined hard negatives (gathered across ranks like the in-batch ones) both steps apply the gradient of one process on the
+whole batch; a DeepSpeed run checkpoints and resumes to the weights of an uninterrupted one.
 
 The engine's applied gradient is read from the update of plain SGD with learning rate 1 (the update is minus
 the reduced, partitioned and re-assembled gradient), so the test sees what ZeRO actually applies."""
@@ -40,7 +41,7 @@ def _cfg(params, chunk, step="three_pass"):
     return cfg
 
 
-def _deepspeed_update(params, batch, stage, chunk, env, step="three_pass"):
+def _deepspeed_update(params, batch, stage, chunk, env, step="three_pass", with_losses=False):
     adapter = make_adapter(params, seed=3)
     before = {n: p.detach().clone() for n, p in adapter.model.named_parameters()}
     cfg = _cfg(params, chunk, step)
@@ -48,9 +49,10 @@ def _deepspeed_update(params, batch, stage, chunk, env, step="three_pass"):
     strategy = DeepSpeedStrategy(adapter.model, cfg, env, total_steps=1, config=config,
                                  optimizer=lambda groups: torch.optim.SGD(groups, lr=1.0))
     assert strategy.stage == stage
-    strategy.step(loss_terms(adapter, batch, cfg, strategy.backward))
+    losses, _ = strategy.step(loss_terms(adapter, batch, cfg, strategy.backward))
     with strategy.full_weights():
-        return {n: before[n] - p.detach() for n, p in adapter.model.named_parameters()}
+        update = {n: before[n] - p.detach() for n, p in adapter.model.named_parameters()}
+    return (update, {k: float(v) for k, v in losses.items()}) if with_losses else update
 
 
 def _hand_averaged(params, batch, chunk, step="three_pass"):
@@ -63,13 +65,19 @@ def _hand_averaged(params, batch, chunk, step="three_pass"):
             for n, p in adapter.model.named_parameters()}
 
 
-def _worker(rank, port, params, out):
+def _join(rank, port, params):
+    """Join the 2-rank gloo group as ``rank``: its ``DistEnv`` and its 6 of the 12 samples."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE="2")
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=2)
     env = DistEnv(rank=rank, world_size=2)
     batch = _batch(params, 6 * rank, 6 * rank + 6)
+    return env, batch
+
+
+def _worker(rank, port, params, out):
+    env, batch = _join(rank, port, params)
     result = {"ddp": _hand_averaged(params, batch, chunk=0)}
     for stage in (0, 2, 3):
         for chunk in (0, 2):  # 2: three chunks per rank
@@ -106,6 +114,49 @@ def test_grad_cache_is_exact_under_zero0_zero2_and_zero3(params, tmp_path):
     for stage in (2, 3):
         for chunk in (0, 2):
             _assert_close(r[stage, chunk, "shared_prefix"], r[(stage, 0)], f"ZeRO-{stage} shared-prefix chunk {chunk}")
+
+
+def _negatives_worker(rank, port, params, out):
+    env, batch = _join(rank, port, params)
+    assert "negative_mask" in batch  # the pairs carry their mined negatives
+    result = {}
+    for step in ("three_pass", "shared_prefix"):
+        for stage, chunk in ((2, 0), (3, 0), (3, 2)):
+            update, losses = _deepspeed_update(params, batch, stage, chunk, env, step, with_losses=True)
+            gathered = [None, None]
+            dist.all_gather_object(gathered, losses)
+            result[step, stage, chunk] = update, gathered
+    if rank == 0:
+        torch.save(result, out)
+    dist.destroy_process_group()
+
+
+def test_mined_negatives_under_deepspeed_equal_one_process(params, tmp_path):
+    """Mined negatives, hardness-weighted, 2 ranks of 6 samples, ZeRO-2/3, cached (chunks of 2) and not, both
+    steps: the applied gradient is the one-process gradient on all 12 samples, the contrastive loss on each rank
+    is the one-process loss, and the ranks' language losses average to it."""
+    from tests.test_mining_loss import _mined
+
+    train_pairs(params)
+    _mined(params, tmp_path)  # in the parent: the ranks read the shards
+    params.train.objective.hardness = 1.0
+    out = tmp_path / "rank0.pt"
+    spawn(_negatives_worker, (free_port(), params, str(out)), nprocs=2, timeout=DEADLINE)
+    r = torch.load(out, weights_only=False)
+    batch = _batch(params, 0, 12)
+    adapter = make_adapter(params, seed=3)
+    reference = {name: float(run()) for name, run in loss_terms(adapter, batch, _cfg(params, 0)).items()}
+    grads = {n: (p.grad if p.grad is not None else torch.zeros_like(p)).detach()
+             for n, p in adapter.model.named_parameters()}
+    plain = {k: v for k, v in batch.items() if not k.startswith("negative_")}
+    without = float(loss_terms(make_adapter(params, seed=3), plain, _cfg(params, 0))["con"]())
+    assert abs(without - reference["con"]) > 1e-3  # the negatives take part
+    for (step, stage, chunk), (update, losses) in r.items():
+        what = f"{step} ZeRO-{stage} chunk {chunk} with negatives"
+        _assert_close(update, grads, what)
+        for rank_losses in losses:
+            assert rank_losses["con"] == pytest.approx(reference["con"], rel=1e-5), what
+        assert sum(x["lm"] for x in losses) / 2 == pytest.approx(reference["lm"], rel=1e-5), what
 
 
 def _fit_worker(rank, port, params, root):

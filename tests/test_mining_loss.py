@@ -1,5 +1,6 @@
 """Training with mined hard negatives: L_con with negatives equals a direct implementation, the gradient-cached
-step gives the uncached gradients (one process and two), and the training data carries the negatives."""
+step gives the uncached gradients (one process and two), the shared-prefix step packs with them, and the
+training data carries the negatives."""
 
 from __future__ import annotations
 
@@ -139,12 +140,19 @@ def test_cached_gradients_with_negatives_equal_uncached(params, tmp_path):
     assert not torch.isclose(_grads(params, plain, chunk=0)[0]["con"], reference[0]["con"])
 
 
-def test_shared_prefix_step_falls_back_with_negatives(params, tmp_path):
+def test_shared_prefix_step_packs_with_negatives(params, tmp_path):
+    """Mined negatives no longer send the shared-prefix step back to three passes; its cached gradients with
+    real mined negatives are the three-pass step's (tests/test_shared_prefix.py compares every family)."""
     from cafe.training.shared_prefix import fallback_reason
     from cafe.training.terms import plain_backward
 
-    params.train.step, params.train.negatives = "shared_prefix", str(tmp_path)
-    assert "negatives" in fallback_reason(make_adapter(params), params.train, plain_backward)
+    _mined(params, tmp_path)
+    params.train.objective.hardness, params.train.optim.clip_mode = 1.0, "global"
+    assert fallback_reason(make_adapter(params), params.train, plain_backward) is None
+    batch = _batch(params, 0, 5)
+    reference = _grads(params, batch, chunk=0)  # three-pass
+    params.train.step = "shared_prefix"
+    _assert_same(_grads(params, batch, chunk=2), reference)
 
 
 def _worker(rank, port, params, out):

@@ -1,4 +1,5 @@
-"""The shared-prefix step equals the three-pass reference: losses and gradients (fp32)."""
+"""The shared-prefix step equals the three-pass reference: losses and gradients (fp32), with and without mined
+hard negatives."""
 
 from __future__ import annotations
 
@@ -27,6 +28,19 @@ def _batch(params, n: int) -> dict:
             break
     assert len(lengths) >= 2, "the fixture world should have answers of several lengths"
     return collate([data[i] for i in chosen])
+
+
+def _with_negatives(params, batch: dict, n: int = 2) -> dict:
+    """``batch`` with ``n`` hard negatives per sample taken from pairs outside it (captions and images of other
+    lengths, every third image wide), as ``collate`` lays out mined ones; sample 1's last slot is a padded one."""
+    data = pairs(params)
+    others = [data[i] for i in range(len(data) - 1, len(data) - 1 - n * len(batch["images"]), -1)]
+    mask = torch.ones(len(batch["images"]), n, dtype=torch.bool)
+    mask[1, -1] = False
+    size = params.synth.image_size
+    images = [image.resize((size, size // 2)) if k % 3 == 1 else image for k, (_, image) in enumerate(others)]
+    return dict(batch, negative_captions=[s.caption for s, _ in others], negative_images=images,
+                negative_mask=mask)
 
 
 def _run(adapter, batch, cfg) -> tuple[dict, dict]:
@@ -251,3 +265,47 @@ def test_optimizer_step_through_the_strategy_is_the_same(params, clip_mode):
         assert norms[name] == pytest.approx(ref_norms[name], rel=1e-5)
     for name, w in weights.items():
         torch.testing.assert_close(w, ref_weights[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("family", ["llava_onevision", "llava", "qwen2_vl"])
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_equal_to_three_pass_with_negatives(params, side, family):
+    """Mined negatives in both denominators, hardness-weighted: negative texts in the text pass, negative
+    images in their own image pass; per-loss clipping (two backwards)."""
+    params.model.embed_padding_side, params.model.family = side, family
+    params.train.objective.hardness = 1.5
+    adapter = make_adapter(params)
+    _compare(adapter, _with_negatives(params, _batch(params, 4)), params.train)
+
+
+@pytest.mark.parametrize("hardness", [0.0, 1.5])
+def test_equal_with_negatives_one_backward(params, hardness):
+    params.train.optim.clip_mode, params.train.objective.hardness = "global", hardness
+    _compare(make_adapter(params), _with_negatives(params, _batch(params, 3), n=3), params.train)
+
+
+@pytest.mark.parametrize("family,side,average", [
+    ("llava_onevision", "left", "token"), ("llava", "right", "sample"), ("qwen2_vl", "left", "sample"),
+    ("qwen2_vl", "right", "token")])
+def test_equal_with_negatives_and_gradient_cache(params, family, side, average):
+    """Chunks of 2, 2 and 1: each chunk re-embeds its own samples' negatives against the cached gradients."""
+    params.model.family, params.model.embed_padding_side = family, side
+    params.train.optim.clip_mode, params.train.grad_cache_chunk = "global", 2
+    params.train.objective.lm_average, params.train.objective.hardness = average, 1.0
+    _compare(make_adapter(params), _with_negatives(params, _batch(params, 5)), params.train)
+
+
+def test_negatives_change_the_packed_step(params):
+    """Control: the packed step really uses the negatives (its contrastive loss and gradients move), and runs
+    the vision tower once more, for the negative images only."""
+    adapter = make_adapter(params)
+    batch = _batch(params, 3)
+    params.train.step = "shared_prefix"
+    plain, plain_grads = _run(adapter, batch, params.train)
+    calls = []
+    adapter.model.model.vision_tower.register_forward_hook(lambda m, a, o: calls.append(a[0].shape[0]))
+    mined, mined_grads = _run(adapter, _with_negatives(params, batch), params.train)
+    assert len(calls) == 2
+    assert mined["con"] > plain["con"] + 1e-3 and mined["lm"] == pytest.approx(plain["lm"], rel=1e-6)
+    flat = lambda g: torch.cat([v.flatten() for v in g.values()])  # noqa: E731
+    assert float((flat(mined_grads) - flat(plain_grads)).norm()) > 1e-3 * float(flat(plain_grads).norm())

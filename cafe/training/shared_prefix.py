@@ -14,6 +14,12 @@ image embedding from the embedding continuation's last token. Text
 embeddings are text-only already (no pixels, no vision work). Rotary positions are relative, so the
 left-padded separate embedding pass (whose positions are shifted by its padding) gives the same numbers.
 
+Mined hard negatives (``train.negatives``): a sample's negative texts are text-only embeddings and go through
+the same text pass as the captions (one batch per chunk); its negative images have no language continuation
+to share a prefix with, so they are embedded in one image-embedding pass per chunk (a packed row would be
+padded to the packed length). Both join ``terms.contrastive_loss`` as in the three-pass step, in the same
+gradient-caching chunks, so the loss and gradients are the three-pass step's (hardness weighting included).
+
 Masks: an additive float mask ``[B, 1, L, L]`` for eager / SDPA (a boolean one is silently wrong under eager,
 STACK-NOTES); on CUDA the model is switched to FlexAttention and gets a ``BlockMask`` (SDPA with an arbitrary
 mask loses its flash kernels and transformers' FlashAttention takes no custom 4-D mask).
@@ -44,10 +50,10 @@ import torch
 import torch.nn.functional as F
 
 from cafe.config import TrainConfig
-from cafe.distributed import gather, gather_with_grad
+from cafe.distributed import gather
 from cafe.models.adapter import IGNORE_INDEX, VLMAdapter
-from cafe.objective import caption_ids, info_nce
-from cafe.training.terms import Backward, Terms, plain_backward, replay, rng_snapshot, spans, token_weights
+from cafe.training.terms import (Backward, Terms, cached_surrogate, contrastive_loss, plain_backward, replay,
+                                 rng_snapshot, spans, token_weights)
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +73,6 @@ def fallback_reason(adapter: VLMAdapter, cfg: TrainConfig, backward: Backward) -
         return f"model family {adapter.family!r} cannot be packed exactly (its position scheme is not known here)"
     if cfg.objective.alpha_lm <= 0 or cfg.objective.alpha_con <= 0:
         return "only one objective is on: nothing to share"
-    if cfg.negatives:
-        return "mined hard negatives (train.negatives) are embedded by the three-pass step"
     if cfg.grad_cache_chunk > 0 and cfg.optim.clip_mode in ("per_loss", "balanced") and backward is plain_backward:
         return f"gradient caching with per-loss clipping (clip_mode {cfg.optim.clip_mode}) needs each term's gradient apart"
     return None
@@ -200,13 +204,18 @@ def shared_prefix_terms(adapter: VLMAdapter, batch: dict, cfg: TrainConfig,
     scale = len(counts) / counts.sum()  # gradients are averaged across ranks afterwards
     terms = Terms(obj, separate=cfg.optim.clip_mode == "per_loss" and backward is plain_backward)
     state: dict[str, torch.Tensor] = {}
+    n = batch["negative_mask"].shape[1] if "negative_mask" in batch else 0
 
-    def text_embed(lo: int, hi: int) -> torch.Tensor:
-        return adapter.embed(adapter.text_embed_inputs(captions[lo:hi]))
-
-    def loss_of(image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        ids = gather(caption_ids(captions).to(image.device))
-        return info_nce(gather_with_grad(image), gather_with_grad(text), obj.temperature, ids, obj.directions)
+    def text_side(lo: int, hi: int) -> list[torch.Tensor]:
+        """Samples ``[lo, hi)``'s text embeddings, and with mined negatives their negative texts (in the same
+        text-only pass) and negative images (one image-embedding pass): what joins the packed image embeddings
+        in ``terms.contrastive_loss``."""
+        texts = list(captions[lo:hi]) + list(batch["negative_captions"][lo * n:hi * n] if n else [])
+        text = adapter.embed(adapter.text_embed_inputs(texts))
+        if not n:
+            return [text]
+        negative_images = adapter.embed(adapter.image_embed_inputs(batch["negative_images"][lo * n:hi * n]))
+        return [text[:hi - lo], text[hi - lo:], negative_images]
 
     def direct_lm() -> torch.Tensor:
         lm, image = packed_forward(adapter, packs[0], obj.lm_average)
@@ -215,7 +224,7 @@ def shared_prefix_terms(adapter: VLMAdapter, batch: dict, cfg: TrainConfig,
             terms.weighted(lm=lm).backward(retain_graph=True)
             state["image"] = image
         else:
-            con = loss_of(image, text_embed(0, len(images)))
+            con = contrastive_loss([image, *text_side(0, len(images))], batch, cfg)
             backward(terms.weighted(lm=lm, con=con))
             state["con"] = con.detach()
         return lm.detach()
@@ -223,31 +232,28 @@ def shared_prefix_terms(adapter: VLMAdapter, batch: dict, cfg: TrainConfig,
     def direct_con() -> torch.Tensor:
         if "image" not in state:
             return state.pop("con")
-        con = loss_of(state.pop("image"), text_embed(0, len(images)))
+        con = contrastive_loss([state.pop("image"), *text_side(0, len(images))], batch, cfg)
         backward(terms.weighted(con=con))
         return con.detach()
 
     def cached_lm() -> torch.Tensor:
         device = adapter.device
-        states, image_parts, text_parts = [], [], []
+        states, parts = [], []
         with torch.no_grad():
             for (lo, hi), packed in zip(chunks, packs):
                 states.append(rng_snapshot(device))
-                image_parts.append(packed_forward(adapter, packed, obj.lm_average)[1])
-                text_parts.append(text_embed(lo, hi))
-        image = torch.cat(image_parts).requires_grad_()
-        text = torch.cat(text_parts).requires_grad_()
-        con = loss_of(image, text)
+                parts.append([packed_forward(adapter, packed, obj.lm_average)[1], *text_side(lo, hi)])
+        leaves = [torch.cat(kind).requires_grad_() for kind in zip(*parts)]
+        con = contrastive_loss(leaves, batch, cfg)
         terms.weighted(con=con).backward()  # detached leaves: a plain autograd call
         state["con"] = con.detach()
         total = torch.zeros((), device=device)
         for (lo, hi), packed, rng in zip(chunks, packs, states):
             with replay(rng, device):
                 lm, image_chunk = packed_forward(adapter, packed, obj.lm_average)
-                text_chunk = text_embed(lo, hi)
+                chunk = [image_chunk, *text_side(lo, hi)]
             lm = lm * scale
-            surrogate = (image_chunk * image.grad[lo:hi]).sum() + (text_chunk * text.grad[lo:hi]).sum()
-            backward(terms.weighted(lm=lm) + surrogate)
+            backward(terms.weighted(lm=lm) + cached_surrogate(chunk, leaves, lo, hi, n))
             total += lm.detach()
         return total
 

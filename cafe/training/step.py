@@ -15,7 +15,7 @@ gradient caching possible:
      ``sum(embedding * cached_gradient)``, which puts exactly the full-batch gradient on the parameters
      while only one chunk's activations are alive.
   With mined hard negatives in the batch (``train.negatives``) each sample's negative texts and images are
-  embedded with it, in the same chunks, and join its denominators (:func:`contrastive_loss`).
+  embedded with it, in the same chunks, and join its denominators (``terms.contrastive_loss``).
 
 Every backward goes through the ``backward`` callable given to :func:`loss_terms` (default
 ``tensor.backward()``); the training strategy passes its own (``DeepSpeedStrategy`` runs ``engine.backward``),
@@ -31,11 +31,11 @@ from typing import Sequence
 import torch
 
 from cafe.config import TrainConfig
-from cafe.distributed import gather, gather_with_grad
+from cafe.distributed import gather
 from cafe.models.adapter import VLMAdapter
-from cafe.objective import caption_ids, info_nce
 from cafe.training import shared_prefix
-from cafe.training.terms import Backward, Term, Terms, plain_backward, replay, rng_snapshot, token_weights
+from cafe.training.terms import (Backward, Term, Terms, cached_surrogate, contrastive_loss, plain_backward, replay,
+                                 rng_snapshot, token_weights)
 from cafe.training.terms import spans as _spans
 
 
@@ -72,24 +72,6 @@ def _embed(adapter: VLMAdapter, batch: dict, lo: int, hi: int) -> list[torch.Ten
     return out
 
 
-def contrastive_loss(embeddings: Sequence[torch.Tensor], batch: dict, cfg: TrainConfig) -> torch.Tensor:
-    """L_con of the global batch from this rank's ``[image, text(, negative text, negative image)]``
-    embeddings: every part gathered across ranks with gradient, the in-batch duplicates masked, each sample's
-    mined negatives (if any) in its own denominators. The shared-prefix step computes the same loss."""
-    obj = cfg.objective
-    image, text = embeddings[:2]
-    ids = gather(caption_ids(batch["captions"]).to(image.device))
-    negatives = {}
-    if len(embeddings) > 2:
-        mask = batch["negative_mask"].to(image.device)
-        n, dim = mask.shape[1], image.shape[1]
-        negatives = {"negative_text": gather_with_grad(embeddings[2]).view(-1, n, dim),
-                     "negative_image": gather_with_grad(embeddings[3]).view(-1, n, dim),
-                     "negative_mask": gather(mask)}
-    return info_nce(gather_with_grad(image), gather_with_grad(text), obj.temperature, ids, obj.directions,
-                    hardness=obj.hardness, **negatives)
-
-
 def contrastive_term(adapter: VLMAdapter, batch: dict, cfg: TrainConfig, terms: Terms,
                      backward: Backward = plain_backward) -> Term:
     images, captions = batch["images"], batch["captions"]
@@ -117,8 +99,7 @@ def contrastive_term(adapter: VLMAdapter, batch: dict, cfg: TrainConfig, terms: 
         for (lo, hi), state in zip(spans, states):
             with replay(state, device):
                 chunk = _embed(adapter, batch, lo, hi)
-            rows = [(lo, hi)] * 2 + [(lo * n, hi * n)] * (len(chunk) - 2)
-            backward(sum((part * leaf.grad[a:b]).sum() for part, leaf, (a, b) in zip(chunk, leaves, rows)))
+            backward(cached_surrogate(chunk, leaves, lo, hi, n))
         return loss.detach()
 
     return cached if len(spans) > 1 else direct

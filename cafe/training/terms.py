@@ -1,16 +1,18 @@
 """What every CAFe step builds on, shared by the three-pass step (``cafe.training.step``) and the shared-prefix
 step (``cafe.training.shared_prefix``): the term type, the one place the objective's weights are applied
-(:class:`Terms`), chunk spans and the RNG replay that gradient caching needs."""
+(:class:`Terms`), the contrastive loss of the global batch from a rank's embeddings, chunk spans and the RNG
+replay that gradient caching needs."""
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
-from cafe.config import ObjectiveConfig
-from cafe.objective import combine
+from cafe.config import ObjectiveConfig, TrainConfig
+from cafe.distributed import gather, gather_with_grad
+from cafe.objective import caption_ids, combine, info_nce
 
 Term = Callable[[], torch.Tensor]  # runs forward + backward of one weighted term; returns the unweighted loss
 Backward = Callable[[torch.Tensor], None]  # back-propagates a scalar
@@ -36,6 +38,33 @@ class Terms(dict):
 
     def weighted(self, **losses: torch.Tensor) -> torch.Tensor:
         return sum(combine(losses, self.objective, self.scales).values())
+
+
+def contrastive_loss(embeddings: Sequence[torch.Tensor], batch: dict, cfg: TrainConfig) -> torch.Tensor:
+    """L_con of the global batch from this rank's ``[image, text(, negative text, negative image)]``
+    embeddings: every part gathered across ranks with gradient, the in-batch duplicates masked, each sample's
+    mined negatives (if any) in its own denominators. Both steps compute their loss here."""
+    obj = cfg.objective
+    image, text = embeddings[:2]
+    ids = gather(caption_ids(batch["captions"]).to(image.device))
+    negatives = {}
+    if len(embeddings) > 2:
+        mask = batch["negative_mask"].to(image.device)
+        n, dim = mask.shape[1], image.shape[1]
+        negatives = {"negative_text": gather_with_grad(embeddings[2]).view(-1, n, dim),
+                     "negative_image": gather_with_grad(embeddings[3]).view(-1, n, dim),
+                     "negative_mask": gather(mask)}
+    return info_nce(gather_with_grad(image), gather_with_grad(text), obj.temperature, ids, obj.directions,
+                    hardness=obj.hardness, **negatives)
+
+
+def cached_surrogate(chunk: Sequence[torch.Tensor], leaves: Sequence[torch.Tensor], lo: int, hi: int,
+                     negatives: int) -> torch.Tensor:
+    """``sum(embedding * cached gradient)`` of samples ``[lo, hi)``'s re-embedded parts (ordered as
+    :func:`contrastive_loss` takes them) against the gradients on the whole batch's detached ``leaves``; the
+    negative parts hold ``negatives`` rows per sample."""
+    rows = [(lo, hi)] * 2 + [(lo * negatives, hi * negatives)] * (len(chunk) - 2)
+    return sum((part * leaf.grad[a:b]).sum() for part, leaf, (a, b) in zip(chunk, leaves, rows))
 
 
 def token_weights(targets: torch.Tensor, average: str) -> tuple[torch.Tensor, torch.Tensor]:
