@@ -62,7 +62,8 @@ def test_pipeline_retrains_only_when_quality_fell(tmp_path, monkeypatch, kind):
     assert f"<div id='decision' class='{decision}'><b>{decision}</b>" in page and "href='report" not in page
     assert all(f"&#x27;{name}&#x27;" in page for name in MONITOR_REPORT_OUTPUTS.values())
     text, images = (next(root.rglob(name)).read_text() for name in MONITOR_REPORT_OUTPUTS.values())
-    assert "top1_score" in text and "evidently" in images.lower() and "No Evidently report" not in images
+    # Evidently's pages (megabytes): the queries' with its top-1 similarity drift, the images' without
+    assert ("top1_score" in text, "top1_score" in images, len(images) > 100_000) == (True, False, True)
     requests = list(root.rglob("request"))
     if kind == "harmful":
         assert decision == "retrain"
