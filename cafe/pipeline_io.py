@@ -67,10 +67,34 @@ def copy_dir(source: str | Path, artifact) -> None:
     shutil.copytree(source, artifact.path, dirs_exist_ok=True)
 
 
-def copy_file_or_note(source: str | Path, artifact, note: str) -> None:
-    """``source`` as the artifact's content, or a one-line HTML page saying why there is none."""
-    if Path(source).is_file():
-        copy_file(source, artifact)
-    else:
+# the monitor step's HTML outputs for the run's Evidently reports (report name -> output name)
+MONITOR_REPORT_OUTPUTS = {"text": "evidently_text", "image": "evidently_images"}
+
+
+def monitor_outputs(summary: dict, folder: str | Path, page, reports: Mapping[str, Any],
+                    summary_output: str = "summary") -> None:
+    """The monitor step's HTML outputs: ``page`` the decision page (always), and each output of ``reports``
+    (output name of :data:`MONITOR_REPORT_OUTPUTS` -> artifact) the Evidently report of that name from the stage's
+    ``folder``, or a line saying why there is none. KFP's UI shows each HTML artifact on its own, so the page
+    names the output holding each report (and ``summary_output``) where the stage's page links the file."""
+    from cafe.monitoring.page import REPORT_TITLES, decision_page
+
+    keys = summary.get("reports")
+    where = {"summary.json": f"this step's output '{summary_output}'"}
+    for name, output in MONITOR_REPORT_OUTPUTS.items():
+        artifact = reports[output]
+        if keys and name in keys:
+            copy_file(Path(folder) / keys[name], artifact)
+            where[keys[name]] = f"this step's HTML output '{output}' ({artifact.uri})"
+            continue
+        drift = summary["signals"].get("embedding_drift", {}).get(name, {})
+        why = "monitor.report is off" if keys is None else \
+            f"{drift.get('n', 0)} requests in the window, fewer than monitor.min_requests=" \
+            f"{summary.get('thresholds', {}).get('min_requests')}"
         Path(artifact.path).parent.mkdir(parents=True, exist_ok=True)
-        Path(artifact.path).write_text(f"<html><body><p>{note}</p></body></html>")
+        Path(artifact.path).write_text(
+            f"<!doctype html><html><head><meta charset='utf-8'></head><body><p>No Evidently report of the "
+            f"{REPORT_TITLES.get(name, name)}: {why}. The decision ({summary['decision']}) and its reasons are in "
+            "this step's HTML output 'decision_page'.</p></body></html>")
+    Path(page.path).parent.mkdir(parents=True, exist_ok=True)
+    Path(page.path).write_text(decision_page(summary, where))

@@ -1,5 +1,7 @@
 """The monitoring pipeline: monitor -> if the decision is ``retrain``, start the training pipeline on the
 traffic window's feedback pairs. A recurring run (``schedule``) or the CronJob in ``manifests/`` runs it.
+The UI shows the monitor step's decision page (``decision_page``) and Evidently's reports (``evidently_text``,
+``evidently_images``) as its HTML outputs.
 
     cafe pipeline compile --pipeline monitoring --image ghcr.io/cafe-project/cafe:<commit> -o monitoring.yaml
 """

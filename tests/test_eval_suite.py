@@ -10,6 +10,7 @@ import torch
 from cafe.evaluation.cache import EmbeddingCache, model_fingerprint
 from cafe.evaluation.evaluate import METRIC_KEYS, REPLY_FIELDS, evaluate
 from cafe.evaluation.per_item import PerItem
+from tests.eval_runs import evaluation_folder, mmstar_replies
 
 
 def test_cache_computes_once_and_is_keyed_by_model(tmp_path, adapter):
@@ -78,6 +79,12 @@ def test_every_part_writes_its_metrics(adapter, params, small_eval, tmp_path):
     mm = [r for r in replies if r["part"] == "mmstar"]
     assert metrics["mmstar_accuracy"] == pytest.approx(sum(r["correct"] for r in mm) / 3)
     assert metrics["mmstar_invalid_rate"] == pytest.approx(sum(r["parsed"] is None for r in mm) / 3)
+    # the report's example replies, each beside a thumbnail of its image (found through details' reply_images)
+    assert set(details["reply_images"]) == {"captions", "pope", "throne", "mmstar"}
+    shown = sum(min(sum(r["correct"] == c for r in replies if r["part"] == p), 2)
+                for p in details["reply_images"] for c in (True, False))
+    section = (tmp_path / "all" / "report.html").read_text().split("<section id='replies'>")[1].split("</section>")[0]
+    assert section.count("<img class='thumb'") == shown and "thumb missing" not in section
 
 
 def test_evaluate_writes_metrics_per_item_report_and_reuses_embeddings(adapter, params, small_eval, tmp_path):
@@ -147,19 +154,8 @@ def test_report_shows_the_invalid_answer_rates_and_which_metrics_are_lower_is_be
 def test_report_opens_with_a_headline_of_intervals_and_gate_verdicts_then_example_replies(tmp_path):
     from cafe.evaluation.report import write_report
 
-    runs = {}
-    for name, correct in (("base", [1] * 30 + [0] * 10), ("cafe", [1] * 10 + [0] * 30)):
-        folder = tmp_path / name
-        folder.mkdir()
-        items = PerItem()
-        items.add("mmstar", {"categories": ["all"]}, correct=np.array(correct, dtype=np.int8),
-                  category=np.zeros(40, dtype=np.int16), valid=np.ones(40, dtype=np.int8))
-        items.save(folder / "per_item.npz")
-        (folder / "metrics.json").write_text(json.dumps(items.metrics()))
-        replies = [{"id": i, "part": "mmstar", "image": "x.png", "prompt": "Q?\nOptions: A: x, B: y", "reply": r,
-                    "parsed": r, "correct": r == "A"} for i, r in enumerate(["A", "B", "A"])]
-        (folder / "replies.jsonl").write_text("".join(json.dumps(r) + "\n" for r in replies))
-        runs[name] = folder
+    runs = {name: evaluation_folder(tmp_path / name, correct, replies=mmstar_replies("ABA"))
+            for name, correct in (("base", [1] * 30 + [0] * 10), ("cafe", [1] * 10 + [0] * 30))}
     md, page = write_report(runs, tmp_path / "cafe")
     text = md.read_text()
     assert text.index("## Headline") < text.index("## Metrics")

@@ -1,6 +1,7 @@
 """The monitoring pipeline's branch, both ways, with KFP's local runner: a window whose feedback shows
 retrieval falling starts the retraining step (here in ``record`` mode, on the window's pairs folder); an
-in-distribution window does not."""
+in-distribution window does not. Either way the monitor step's first HTML output is the decision page, and
+Evidently's reports are HTML outputs of their own."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import yaml
 from PIL import Image
 
 from cafe.monitoring.reference import save_reference
+from cafe.pipeline_io import MONITOR_REPORT_OUTPUTS
 from cafe.serving.traffic import TrafficLog
 from tests.test_monitor import _reference, _traffic
 
@@ -53,6 +55,15 @@ def test_pipeline_retrains_only_when_quality_fell(tmp_path, monkeypatch, kind):
     summaries = list(root.rglob("summary"))
     assert len(summaries) == 1
     decision = json.loads(summaries[0].read_text())["decision"]
+    # what the KFP UI shows of the step: the decision page (naming the outputs of the reports), then Evidently's
+    pages = list(root.rglob("decision_page"))
+    assert len(pages) == 1
+    page = pages[0].read_text()
+    assert f"<div id='decision' class='{decision}'><b>{decision}</b>" in page and "href='report" not in page
+    assert all(f"&#x27;{name}&#x27;" in page for name in MONITOR_REPORT_OUTPUTS.values())
+    text, images = (next(root.rglob(name)).read_text() for name in MONITOR_REPORT_OUTPUTS.values())
+    # Evidently's pages (megabytes): the queries' with its top-1 similarity drift, the images' without
+    assert ("top1_score" in text, "top1_score" in images, len(images) > 100_000) == (True, False, True)
     requests = list(root.rglob("request"))
     if kind == "harmful":
         assert decision == "retrain"
@@ -89,3 +100,6 @@ def test_cafe_pipeline_compile_builds_the_monitoring_pipeline(tmp_path):
     spec = yaml.safe_load(out.read_text())
     assert {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()} == {"reg.example/cafe:1"}
     assert set(spec["deploymentSpec"]["executors"]) == {"exec-monitor", "exec-retrain"}
+    artifacts = spec["components"]["comp-monitor"]["outputDefinitions"]["artifacts"]
+    html = [name for name, a in artifacts.items() if a["artifactType"]["schemaTitle"] == "system.HTML"]
+    assert set(html) == {"decision_page", *MONITOR_REPORT_OUTPUTS.values()}  # the page, then one per report

@@ -1,5 +1,6 @@
 """The evaluation report as a person sees it: rendered by headless Chromium (Debian's ``chromium``), the
-headline block and the example thumbnails have visible, non-zero boxes; the page needs no network.
+headline block, the example retrievals' thumbnails and the thumbnail beside each example reply have visible,
+non-zero boxes; the page needs no network.
 
 In CI (``CI=true``) a missing Chromium fails the test (.ci/run installs it); elsewhere it skips."""
 
@@ -11,12 +12,11 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from cafe.evaluation.per_item import PerItem
 from cafe.evaluation.report import write_report
+from tests.eval_runs import evaluation_folder, mmstar_replies
 
 COLOURS = ["red", "green", "blue", "orange", "purple", "brown", "black"]
 
@@ -29,6 +29,7 @@ window.addEventListener('load', () => {
             cls: el.closest('figure, .card') ? el.closest('figure, .card').className : ''}; };
   const all = sel => [...document.querySelectorAll(sel)].map(box);
   const out = {headline: all('#headline'), cards: all('#headline .card'), thumbs: all('#retrievals img.thumb'),
+               replies: all('#replies .reply'), reply_thumbs: all('#replies img.thumb'),
                verdict: all('#verdict'), width: document.documentElement.scrollWidth, viewport: innerWidth};
   const pre = document.createElement('pre'); pre.id = 'boxes'; pre.textContent = JSON.stringify(out);
   document.body.appendChild(pre);
@@ -60,6 +61,19 @@ def headless(*args: str, tmp) -> str:
     return done.stdout
 
 
+# the example replies: 2 wrong + 2 right captions, a wrong and a right POPE answer, MMStar's wrong answer about a
+# base64 image (no file: a named placeholder), its wrong and right ones about img0.png; each about its own image
+REPLIES = [{"id": f"img{i}.png", "part": "captions", "image": f"img{i}.png", "prompt": "Describe the image briefly.",
+            "reply": f"a {COLOURS[i]} circle.", "parsed": [f"{COLOURS[i]} circle"], "correct": i % 2 == 0}
+           for i in range(1, 5)] + \
+    [{"id": i, "part": "pope", "image": f"img{i}.png", "prompt": "Is there a circle in the image?", "reply": r,
+      "parsed": r.lower().rstrip("."), "correct": r == "Yes."} for i, r in ((5, "No."), (6, "Yes."))] + \
+    [{**mmstar_replies("B")[0], "image": "<base64>"}, *mmstar_replies("BA", "img0.png")]
+# the picked ones with an image file, in the page's order (per part: wrong ones first)
+SHOWN = [("wrong", "img1.png"), ("wrong", "img3.png"), ("right", "img2.png"), ("right", "img4.png"),
+         ("wrong", "img5.png"), ("right", "img6.png"), ("wrong", "img0.png"), ("right", "img0.png")]
+
+
 @pytest.fixture()
 def runs(tmp_path):
     """base and cafe evaluation folders: headline metrics, per-item results, a failed gate, example
@@ -73,24 +87,15 @@ def runs(tmp_path):
         img.save(images[-1])
     folders = {}
     for name, r1, correct in (("base", 0.1, [1] * 30 + [0] * 10), ("cafe", 0.7, [1] * 10 + [0] * 30)):
-        folder = tmp_path / name
-        folder.mkdir()
-        items = PerItem()
-        items.add("mmstar", {"categories": ["all"]}, correct=np.array(correct, dtype=np.int8),
-                  category=np.zeros(40, dtype=np.int16), valid=np.ones(40, dtype=np.int8))
-        items.save(folder / "per_item.npz")
-        metrics = {"i2t_R@1": r1, "t2i_R@1": r1 - 0.05, "object_f1": 0.5, "pope_avg_f1": 0.8, **items.metrics()}
-        (folder / "metrics.json").write_text(json.dumps(metrics))
         examples = [{"query": f"a {COLOURS[q]} circle.", "answer": str(images[q]), "rank": 0 if name == "cafe" else 3,
                      "top": [{"image": str(images[(q + j) % len(images)]), "score": 0.9 - j / 10} for j in range(5)]}
                     for q in range(3)]
         examples.append({"query": "a black circle.", "answer": str(images[6]), "rank": 5,
                          "top": [{"image": str(images[j]), "score": 0.5} for j in range(5)]})
-        (folder / "details.json").write_text(json.dumps({"retrieval_examples": examples}))
-        replies = [{"id": i, "part": "mmstar", "image": "img0.png", "prompt": "Q?\nOptions: A: x, B: y", "reply": r,
-                    "parsed": r, "correct": r == "A"} for i, r in enumerate(["A", "B"])]
-        (folder / "replies.jsonl").write_text("".join(json.dumps(r) + "\n" for r in replies))
-        folders[name] = folder
+        folders[name] = evaluation_folder(
+            tmp_path / name, correct, {"i2t_R@1": r1, "t2i_R@1": r1 - 0.05, "object_f1": 0.5, "pope_avg_f1": 0.8},
+            REPLIES, {"retrieval_examples": examples, "reply_images": {part: str(images[0].parent)
+                                                                        for part in ("captions", "pope", "mmstar")}})
     (folders["cafe"] / "gate.json").write_text(json.dumps({"passed": False, "intervals": {}, "checks": [
         {"metric": "mmstar_accuracy", "kind": "regression", "value": 0.25, "ci": [0.1, 0.4], "threshold": -0.05,
          "passed": False, "message": "dropped"},
@@ -103,12 +108,20 @@ def test_the_page_is_self_contained_and_marks_the_right_images(runs):
     md, page = write_report(runs, runs["cafe"])
     text = page.read_text()
     assert not re.search(r"(src|href)=['\"]?https?:", text)  # every image is a data URI
-    assert text.count("<img class='thumb'") == 3 * 5 + 5 + 1  # 3 queries found, one missed plus its right image
-    assert text.count("<figure class='right") == 3 + 1
+    retrievals, replies = (text.split(f"<section id='{s}'>")[1].split("</section>")[0] for s in ("retrievals", "replies"))
+    assert retrievals.count("<img class='thumb'") == 3 * 5 + 5 + 1  # 3 queries found, one missed plus its right image
+    # every example reply beside the thumbnail of its own image (the base64 one: a placeholder with its name)
+    assert re.findall(r"<div class='reply (\w+)'><figure[^>]*><img class='thumb' alt='([^']+)'", replies) == SHOWN
+    assert replies.count("<div class='thumb missing'>&lt;base64&gt;</div>") == 1
+    thumb = {alt: src for alt, src in re.findall(r"<img class='thumb' alt='([^']+)' src='([^']+)'", retrievals)}
+    assert all(f"alt='{name}' src='{thumb[name]}'" in replies for _, name in SHOWN)  # the same images, embedded
+    assert retrievals.count("<figure class='right") == 3 + 1
     assert "Gate FAILED: 1 of 2 checks failed (mmstar_accuracy)" in text
     cards = re.findall(r"<div class='card (\w+)'>", text)
     assert cards[0] == "pass" and "fail" in cards and "none" in cards  # i2t_R@1 passed, MMStar failed, rest unchecked
     assert "<span class='before'>0.100</span> → <span class='value'>0.700</span>" in text
+    table = text.split("<h2>Headline as a table</h2>")[1].split("</thead>")[0]  # the headline's own columns
+    assert re.findall(r"<th>([^<]*)</th>", table) == ["area", "metric", "base", "cafe [95% CI]", "change", "gate"]
     report = md.read_text()
     assert report.index("Gate FAILED") < report.index("## Headline") < report.index("## Example retrievals") \
         < report.index("## Metrics")
@@ -131,7 +144,11 @@ def test_headless_chromium_shows_the_headline_and_the_thumbnails(runs, tmp_path)
     assert len(boxes["thumbs"]) == 21
     for thumb in boxes["thumbs"]:
         assert thumb["visible"] and thumb["w"] >= 60 and thumb["h"] >= 60 and thumb["natural"] > 0, thumb
+    assert len(boxes["replies"]) == 9 and len(boxes["reply_thumbs"]) == 8  # one reply without an image file
+    for thumb in boxes["reply_thumbs"]:
+        assert thumb["visible"] and thumb["w"] >= 60 and thumb["h"] >= 60 and thumb["natural"] > 0, thumb
     assert boxes["verdict"][0]["w"] > 0 and boxes["headline"][0]["y"] < boxes["thumbs"][0]["y"]  # headline first
+    assert boxes["thumbs"][-1]["y"] < boxes["reply_thumbs"][0]["y"]  # retrievals, then replies
     assert boxes["width"] <= boxes["viewport"]  # nothing forces a horizontal scroll
     headless(f"--screenshot={tmp_path / 'report.png'}", page.as_uri(), tmp=tmp_path)
     assert (tmp_path / "report.png").stat().st_size > 10_000

@@ -7,7 +7,8 @@ gap, effective rank, explained variance, 2-D scatter). Writes, under the output 
 - ``metrics.json``: one number per key (keys documented in :mod:`cafe.evaluation.per_item`);
 - ``per_item.npz``: the per-item results every metric is computed from (the gate's bootstrap reads them);
 - ``details.json``: THRONE class-wise numbers, item counts, timings, embedding-cache hits, a few example
-  retrievals (caption -> top-5 images, for the report);
+  retrievals (caption -> top-5 images, for the report), the folder of each generative part's images
+  (``reply_images``, for the report's thumbnails beside the example replies);
 - ``replies.jsonl``: every reply of every generative part (captions, POPE, THRONE, MMStar), one line each:
   ``{"id", "part", "image", "prompt", "reply", "parsed", "correct"}`` (:data:`REPLY_FIELDS`);
 - ``generations.jsonl`` (brief captions), ``descriptions.jsonl`` (THRONE), ``plots/*.png``;
@@ -115,7 +116,10 @@ class Evaluator:
     def limit(self, part: str) -> int | None:
         return self.cfg.max_items.get(part) or None
 
-    def _replies(self, part: str, ids, images, prompts, replies, parsed, correct) -> None:
+    def _replies(self, part: str, ids, images, prompts, replies, parsed, correct, folder: str | None = None) -> None:
+        """The part's rows of replies.jsonl; details.json's ``reply_images`` keeps the folder of their images
+        (``folder``, default the world's ``images/``; "" when they lie in several), for the report's thumbnails."""
+        self.details.setdefault("reply_images", {})[part] = str(self.data / "images") if folder is None else folder
         self.replies += [dict(zip(REPLY_FIELDS, (i, part, Path(str(im)).name, p, r, a, bool(c))))
                          for i, im, p, r, a, c in zip(ids, images, prompts, replies, parsed, correct)]
 
@@ -174,8 +178,10 @@ class Evaluator:
                           n_pred=[len(p) for p in predicted], n_true=[len(t) for t in truth],
                           empty=np.array([not text.strip() for text in generated], dtype=np.int8))
         names = [Path(p).name for p in image_paths]
+        folders = {str(Path(p).parent) for p in image_paths}
         self._replies("captions", names, names, [self.prompts.caption] * len(names), generated,
-                      [sorted(map(" ".join, p)) for p in predicted], [p == t for p, t in zip(predicted, truth)])
+                      [sorted(map(" ".join, p)) for p in predicted], [p == t for p, t in zip(predicted, truth)],
+                      folders.pop() if len(folders) == 1 else "")
         self.outputs["generations.jsonl"] = [
             {"image": Path(p).name, "caption": text, "objects": sorted(map(" ".join, objs))}
             for p, text, objs in zip(image_paths, generated, truth)]

@@ -3,10 +3,11 @@ thumbnails embedded as base64 PNG), comparing a model with its base and, where g
 
 The page reads top down: the gate's verdict, the headline (retrieval, generation, hallucination,
 understanding: first → last run with the last one's 95% interval, each card coloured by the gate's verdict
-on it), example retrievals (caption → the 5 nearest images, the right one framed), example replies, then
-every table and plot. Each run is an evaluation folder (``metrics.json``, optional ``details.json`` with
-``retrieval_examples``, ``replies.jsonl``, ``per_item.npz``, ``plots/*.png``, ``gate.json``). The last run
-is the model the report is about; the change is last minus first."""
+on it), example retrievals (caption → the 5 nearest images, the right one framed), example replies (each
+beside a thumbnail of its image), then every table and plot. Each run is an evaluation folder
+(``metrics.json``, optional ``details.json`` with ``retrieval_examples`` and ``reply_images``,
+``replies.jsonl``, ``per_item.npz``, ``plots/*.png``, ``gate.json``). The last run is the model the report
+is about; the change is last minus first."""
 
 from __future__ import annotations
 
@@ -81,17 +82,18 @@ def _headline_rows(runs: dict[str, dict]) -> tuple[list[list[str]], list[str]]:
     return rows, verdicts
 
 
-def _example_rows(replies: list[dict], per_part: int = 2) -> list[list[str]]:
+def _example_replies(replies: list[dict], per_part: int = 2) -> list[dict]:
     """A few replies of each generative part: wrong ones first, then right ones."""
-    rows = []
+    picked = []
     for part in dict.fromkeys(r["part"] for r in replies):
         mine = [r for r in replies if r["part"] == part]
-        picked = [r for r in mine if not r["correct"]][:per_part] + [r for r in mine if r["correct"]][:per_part]
-        for r in picked:
-            prompt = r["prompt"].split("\n")[0]
-            rows.append([part, str(r["image"]), prompt[:60], r["reply"][:80] or "(empty)",
-                         json.dumps(r["parsed"])[:60], "right" if r["correct"] else "wrong"])
-    return rows
+        picked += [r for r in mine if not r["correct"]][:per_part] + [r for r in mine if r["correct"]][:per_part]
+    return picked
+
+
+def _example_rows(examples: list[dict]) -> list[list[str]]:
+    return [[r["part"], str(r["image"]), r["prompt"].split("\n")[0][:60], r["reply"][:80] or "(empty)",
+             json.dumps(r["parsed"])[:60], "right" if r["correct"] else "wrong"] for r in examples]
 
 
 GATE_HEADER = ["metric", "check", "value", "95% CI", "threshold", "result", "message"]
@@ -227,6 +229,22 @@ def _retrievals_html(examples: list[dict]) -> str:
     return f"<section id='retrievals'>{''.join(blocks)}</section>"
 
 
+def _replies_html(examples: list[dict], folders: dict[str, str]) -> str:
+    """Each example reply beside a thumbnail of its image (``folders``: part -> the folder of its images, from
+    details.json), framed green when right and red when wrong."""
+    blocks = []
+    for r in examples:
+        result = "right" if r["correct"] else "wrong"
+        path = str(Path(folders.get(r["part"]) or "") / str(r["image"]))
+        said = (f"<div class='said'><div class='part'>{html.escape(r['part'])} · {result}</div>"
+                f"<p class='prompt'>{html.escape(r['prompt'][:300])}</p>"
+                f"<p class='text'>{html.escape(r['reply'][:300]) or '(empty)'}</p>"
+                f"<p class='parsed'>parsed: {html.escape(json.dumps(r['parsed'])[:120])}</p></div>")
+        blocks.append(f"<div class='reply {result}'>{_thumb_figure(path, Path(str(r['image'])).name, r['correct'])}"
+                      f"{said}</div>")
+    return f"<section id='replies'>{''.join(blocks)}</section>"
+
+
 def _thumb_figure(path: str, caption: str, right: bool, missed: bool = False) -> str:
     uri = _thumbnail(path)
     image = f"<img class='thumb' alt='{html.escape(Path(path).name)}' src='{uri}'>" if uri else \
@@ -258,6 +276,12 @@ STYLE = (
     ".thumb{width:72px;height:72px;display:block;border:3px solid #ddd;border-radius:4px;image-rendering:pixelated}"
     "figure.right .thumb{border-color:#2e7d32}figure.missed{margin-left:16px}figure.missed .thumb{border-style:dashed}"
     "div.thumb.missing{font-size:10px;overflow:hidden;background:#eee}"
+    "#replies{display:grid;grid-template-columns:repeat(auto-fill,minmax(340px,1fr));gap:10px 20px;margin:1em 0}"
+    ".reply{display:flex;gap:12px;align-items:flex-start}.reply figure{margin:0;font-size:12px;text-align:center}"
+    ".reply.wrong .thumb{border-color:#c62828}.reply .said{flex:1;min-width:0;overflow-wrap:anywhere}"
+    ".reply .said p{margin:.15em 0}"
+    ".reply .part{font-size:12px;text-transform:uppercase;color:#666}.reply.wrong .part{color:#b71c1c}"
+    ".reply .prompt{white-space:pre-line;color:#555;font-size:13px}.reply .parsed{font-family:monospace;font-size:12px}"
     "figure img.plot{max-width:520px}"
 )
 
@@ -288,8 +312,10 @@ def render(runs: dict[str, dict], title: str) -> tuple[str, str]:
                          "Caption → the 5 most similar images of the retrieval set; the right one framed in green "
                          "(dashed after the five when it ranked lower).", _retrievals_html(examples)))
     if subject["replies"]:
+        replies = _example_replies(subject["replies"])
         sections.append(("Example replies", ["part", "image", "prompt", "reply", "parsed", "result"],
-                         _example_rows(subject["replies"]), "Wrong ones first; all of them are in replies.jsonl.", None))
+                         _example_rows(replies), "Wrong ones first; all of them are in replies.jsonl.",
+                         _replies_html(replies, subject["details"].get("reply_images", {}))))
     if _invalid_rows(runs):
         sections.append(("Replies that are no answer", ["part", "metric", "invalid when", *names], _invalid_rows(runs),
                          "Share of the part's replies; lower is better. Every reply is in replies.jsonl.", None))
@@ -312,10 +338,10 @@ def render(runs: dict[str, dict], title: str) -> tuple[str, str]:
             f" ({', '.join(dict.fromkeys(failed))})" if failed else "")
     md.append(f"**{banner}**\n\n")
     body.append(f"<p id='verdict' class='banner {state}'>{html.escape(banner)}</p>")
-    for heading, head, rows_, text, block in sections:
-        md += [f"## {heading}\n", _md_table(head, rows_), text + "\n" if text else ""]
+    for heading, columns, rows_, text, block in sections:
+        md += [f"## {heading}\n", _md_table(columns, rows_), text + "\n" if text else ""]
         classes = verdicts if heading == "Headline" else None
-        body += [f"<h2>{html.escape(heading)}</h2>", block or _html_table(head, rows_, classes),
+        body += [f"<h2>{html.escape(heading)}</h2>", block or _html_table(columns, rows_, classes),
                  f"<p>{html.escape(text)}</p>" if text else ""]
     if headline:  # the headline's table too, after the cards: the numbers to copy
         body += ["<h2>Headline as a table</h2>", _html_table(head, headline, verdicts)]

@@ -1,10 +1,12 @@
 """The monitor's page for a person: ``decision.html`` beside ``summary.json``, one self-contained file with the
 decision (ok / warn / retrain) and its reasons first, what was not judged, every signal against its
-reference and threshold, the modality gap over time, and links to the Evidently reports of the same run."""
+reference and threshold, the modality gap over time, and links to the Evidently reports of the same run.
+Where the reports are not beside it (the KFP step's outputs), the page names where each one is instead."""
 
 from __future__ import annotations
 
 import html
+from collections.abc import Mapping
 
 COLOURS = {"ok": ("#e3f6e3", "#185c18"), "warn": ("#fff3d6", "#7a5200"), "retrain": ("#fbe0e0", "#8a1c1c")}
 REPORT_TITLES = {"text": "text queries", "image": "query images"}
@@ -74,8 +76,28 @@ def _history_svg(points: list[dict], width: int = 480, height: int = 120) -> str
             f"<figcaption>modality gap, last {len(values)} runs</figcaption></figure>")
 
 
-def decision_page(summary: dict) -> str:
-    """The HTML page of one monitor run (links to the Evidently reports are relative: they sit beside it)."""
+def _report_items(summary: dict, where: Mapping[str, str] | None) -> str:
+    """The page's list of reports: relative links to the files beside it, or for a file ``where`` names, that
+    place in words (a KFP output: the UI shows each HTML artifact alone, so a relative link goes nowhere)."""
+    def item(title: str, key: str, note: str = "") -> str:
+        if where and key in where:
+            return f"<li>{html.escape(title)}{note}: {html.escape(where[key])}</li>"
+        named = f" ({html.escape(key)})" if key != title else ""
+        return f"<li><a href='{html.escape(key)}'>{html.escape(title)}</a>{named}{note}</li>"
+
+    reports = summary.get("reports")
+    if reports is None:
+        items = "<li>no Evidently report: monitor.report is off</li>"
+    else:
+        items = "".join(item(f"Evidently report: {REPORT_TITLES.get(name, name)}", key)
+                        for name, key in reports.items()) or \
+            "<li>no Evidently report: the window was too small to judge drift</li>"
+    return items + item("summary.json", "summary.json", " (every number)")
+
+
+def decision_page(summary: dict, where: Mapping[str, str] | None = None) -> str:
+    """The HTML page of one monitor run. Links to the Evidently reports and summary.json are relative (they sit
+    beside it); ``where`` (file name -> where it is, in words) names another place for those it holds."""
     decision = summary["decision"]
     bg, fg = COLOURS.get(decision, ("#eee", "#333"))
     window = summary.get("window", {})
@@ -84,10 +106,6 @@ def decision_page(summary: dict) -> str:
         "<li>no signal crossed its threshold</li>"
     not_judged = "".join(f"<li>{html.escape(n)}</li>" for n in summary.get("not_judged", []))
     rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in signal_rows(summary))
-    reports = summary.get("reports") or {}
-    links = "".join(f"<li><a href='{html.escape(key)}'>Evidently report: {html.escape(REPORT_TITLES.get(name, name))}"
-                    f"</a> ({html.escape(key)})</li>" for name, key in reports.items()) or \
-        "<li>no Evidently report: the window was too small to judge drift</li>"
     facts = (f"model version {summary.get('model_version') or '—'}, window {window.get('start') or '…'} → "
              f"{window.get('end') or '…'}: {window.get('records', 0)} records, {window.get('searches', 0)} searches, "
              f"{window.get('images', 0)} image requests, {window.get('feedback', 0)} with feedback")
@@ -103,7 +121,7 @@ def decision_page(summary: dict) -> str:
             + (f"<h2>Not judged</h2><ul id='not-judged'>{not_judged}</ul>" if not_judged else "")
             + "<h2>Signals</h2><table><thead><tr><th>signal</th><th>value</th><th>reference / threshold</th>"
             f"<th>state</th></tr></thead><tbody>{rows}</tbody></table>"
-            f"<h2>Reports</h2><ul id='reports'>{links}<li><a href='summary.json'>summary.json</a> (every number)</li></ul>"
+            f"<h2>Reports</h2><ul id='reports'>{_report_items(summary, where)}</ul>"
             + _history_svg(summary.get("modality_gap_history", [])))
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>monitor: {html.escape(decision)}</title>"
             f"<style>{style}</style></head><body>{body}</body></html>")
