@@ -330,3 +330,25 @@ def test_contracts_refused_between_model_prompts_and_index(world, params, tmp_pa
     assert index_key(weights_digest(model)) != key
     retrained = open_service(params, str(model), log=lambda _: None)
     assert not np.allclose(retrained.index.embeddings.numpy(), first.index.embeddings.numpy())
+
+
+def test_a_model_retrained_in_a_pulled_folder_gets_a_new_index_and_no_stale_version_label(params, tmp_path):
+    """The index key and version label came from ``registry_record.json`` whenever it was there: a model
+    pulled from the registry and then retrained in the same folder kept the old sha256s, so the old gallery
+    embeddings were served under the old version's name."""
+    from cafe.registry import Registry
+    from cafe.serving.index import files_digest, pulled_record, weights_digest
+    from cafe.serving.server import resolve_model
+
+    make_adapter(params).save_pretrained(tmp_path / "m0")
+    reg = Registry(tmp_path / "registry")
+    reg.register(tmp_path / "m0", "m", metrics={}, gate={"passed": True}, data_version="d")
+    pulled = reg.pull("m", 1, tmp_path / "pulled")
+    record = pulled_record(pulled)
+    assert record is not None and resolve_model(str(pulled), params)[1] == "m-v1"
+    pulled_key = weights_digest(pulled)
+    assert pulled_key == files_digest({rel: meta["sha256"] for rel, meta in record["files"].items()})
+    make_adapter(params, seed=1).save_pretrained(pulled)  # retrained into the pulled folder
+    assert pulled_record(pulled) is None
+    assert weights_digest(pulled) != pulled_key
+    assert resolve_model(str(pulled), params)[1] == "local-pulled"
