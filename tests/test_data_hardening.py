@@ -163,6 +163,33 @@ def test_long_captions_truncated_images_and_odd_paths_are_quarantined(tmp_path):
         "r4": "empty_answer"}
 
 
+def test_a_caption_of_a_million_newlines_or_markers_is_handled_in_linear_time(tmp_path):
+    """The role-prefix pattern began with ``^\\s*``: every line start of a run of newlines scanned the rest of
+    the run again, so one caption of 64 000 newlines took 128 s and one of 10^6 hours (the stage hung)."""
+    import signal
+    import time
+
+    def too_slow(*_):
+        raise TimeoutError("clean_answer is not linear: one caption would stop the stage")
+
+    previous = signal.signal(signal.SIGALRM, too_slow)
+    signal.alarm(20)
+    try:
+        start = time.perf_counter()
+        for text in ("A cat.\n" + "\n" * 1_000_000, "A cat." + " \n" * 500_000, "A cat." + "<image>\n" * 125_000):
+            assert clean_answer(text) == "A cat."
+        assert time.perf_counter() - start < 20
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    _images(tmp_path / "img", 1)
+    records = [_record(0, "0.png", "A dog." + "\n" * 1_000_000), _record(1, "0.png", "word " * 200_000)]
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    stats = repurpose(_cfg(tmp_path, path, tmp_path / "img"))
+    assert stats["kept"] == 1 and stats["quarantined_by_reason"] == {"caption_too_long": 1} and stats["accounted"]
+
+
 # ----------------------------------------------------------------- output folder
 @pytest.mark.parametrize("where", ["equals_root", "inside_root", "contains_input", "equals_input"])
 def test_an_output_overlapping_an_input_is_refused_before_anything_is_written(tmp_path, where):
@@ -177,6 +204,17 @@ def test_an_output_overlapping_an_input_is_refused_before_anything_is_written(tm
     with pytest.raises(RepurposeError, match="repurpose.out"):
         repurpose(cfg)
     assert sorted(p for p in tmp_path.rglob("*")) == before
+
+
+def test_a_link_planted_under_the_temporary_name_is_removed_not_followed(tmp_path):
+    _images(tmp_path / "img", 1)
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps(_record(0, "0.png")) + "\n")
+    (tmp_path / ".out.tmp").symlink_to(tmp_path / "img")  # was: FileExistsError, the stage stopped
+    stats = repurpose(_cfg(tmp_path, path, tmp_path / "img"))
+    assert stats["kept"] == 1 and (tmp_path / "img" / "0.png").is_file()
+    assert sorted(p.name for p in (tmp_path / "img").iterdir()) == ["0.png"]
+    _no_temporary(tmp_path)
 
 
 def test_a_failing_run_leaves_nothing_temporary(tmp_path, monkeypatch):

@@ -305,6 +305,40 @@ def test_eight_processes_promoting_and_rolling_back_keep_the_alias_invariants(st
     assert sum(op["op"] == "rollback" for op in reports) >= 1  # some rollbacks applied, not all refused
 
 
+REGISTER_WORKER = """
+import sys, time
+from pathlib import Path
+from cafe.registry import Registry
+from tests.test_registry import register
+uri, model, go = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+while not go.exists():
+    time.sleep(0.005)
+register(Registry(uri), model, alias="candidate")
+"""
+
+
+def test_eight_processes_registering_with_an_alias_leave_it_at_the_newest_version(store_uri, tmp_path):
+    from tests.test_registry import fake_model
+
+    models = [fake_model(tmp_path / f"model{i}", str(i), files=1, size=64) for i in range(8)]
+    go = tmp_path / "go"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", REGISTER_WORKER, store_uri, str(m), str(go)], env=env)
+             for m in models]
+    time.sleep(0.5)
+    go.touch()
+    for p in procs:
+        assert p.wait(timeout=300) == 0
+    reg = Registry(store_uri)
+    versions = [r["version"] for r in reg.list("m")]
+    assert len(versions) == 8 and reg.resolve("m", "candidate") == max(versions)
+    events = reg.alias_history("m", "candidate")
+    check_alias_log(events, len(events))
+    assert all(b["version"] > a["version"] for a, b in zip(events, events[1:]))  # only ever moved up
+    for v in versions:
+        assert reg.pull("m", v, tmp_path / f"pulled{v}").is_dir()  # every version whole
+
+
 def test_gc_removes_partial_files_and_spares_fresh_ones(tmp_path):
     reg = Registry(tmp_path / "registry")
     record = register(reg, fake_model(tmp_path / "model", "a"))

@@ -136,6 +136,7 @@ BAD_V1 = [
     ({"instances": []}, 400, "instances"),
     ({"instances": "text"}, 400, "instances"),
     ({"instances": [{"text": "\ud800"}]}, 400, "surrogate"),  # refused by the JSON decoder already
+    ({"instances": [{"text": "a <image> cat"}]}, 400, "instances[0].text"),  # was a 500 from the processor
     ([1, 2], 400, "instances"),
 ]
 
@@ -145,6 +146,42 @@ def test_v1_bad_requests_get_4xx_naming_the_field(server, body, status, field):
     r = server.post("/v1/models/cafe:predict", content=json.dumps(body))
     assert r.status_code == status, r.text
     assert field in r.json()["error"]
+
+
+def test_chat_markers_in_any_text_field_are_a_400_not_a_500_from_the_processor(world):
+    """A search text, a prompt or a chat question holding an image placeholder or a turn marker reached the
+    processor, which raised (``<image>`` tokens without an image): a 500. Every route's parser refuses it."""
+    from types import SimpleNamespace
+
+    from cafe.serving.requests import (Limits, RequestError, generate_instances, openai_chat,
+                                       openai_embedding_queries, search_instances, v2_search_inputs)
+    from cafe.serving.server import Service
+
+    p = Params()
+    p.model.tiny = SMALL_MODEL.model_copy()
+    service = Service(make_adapter(p), "v", None)
+    with pytest.raises(ValueError, match="image"):  # what the unchecked text did deep in the processor
+        service.adapter.encode_texts(["a <image> cat"])
+    limits, url = Limits(), "data:image/png;base64," + _png_b64(Image.new("RGB", (32, 32), (9, 9, 9)))
+    for marker in ("<image>", "<|im_end|>", "<|vision_start|>", "[INST]", "<start_of_turn>user", "<ima\u200bge>"):
+        text = f"a red {marker} cube"
+        calls = {
+            "instances[0].text": lambda: service.search([{"text": text}], 3),
+            "instances[0].prompt": lambda: generate_instances([{"image_b64": url.split(",")[1], "prompt": text}],
+                                                              limits, "Describe."),
+            "inputs[0].data[0]": lambda: v2_search_inputs(SimpleNamespace(inputs=[SimpleNamespace(
+                name="text", datatype="BYTES", shape=[1], data=[text])]), limits),
+            "input[0]": lambda: openai_embedding_queries({"input": [text]}, limits, ["cafe"]),
+            "messages[0].content[0].text": lambda: openai_chat(
+                {"messages": [{"role": "user", "content": [{"type": "text", "text": text},
+                                                           {"type": "image_url", "image_url": {"url": url}}]}]},
+                limits, ["cafe"], "Describe.", 8),
+        }
+        for field, call in calls.items():
+            with pytest.raises(RequestError, match="chat-template marker") as err:
+                call()
+            assert err.value.status == 400 and err.value.param == field, (marker, field)
+    assert service.search([{"text": "a red cube <b>bold</b> 3 < 4 > 2"}], 3)  # plain text with brackets is fine
 
 
 def test_images_checked_before_decoding_body_limit_v2_and_feedback(server):
@@ -293,3 +330,25 @@ def test_contracts_refused_between_model_prompts_and_index(world, params, tmp_pa
     assert index_key(weights_digest(model)) != key
     retrained = open_service(params, str(model), log=lambda _: None)
     assert not np.allclose(retrained.index.embeddings.numpy(), first.index.embeddings.numpy())
+
+
+def test_a_model_retrained_in_a_pulled_folder_gets_a_new_index_and_no_stale_version_label(params, tmp_path):
+    """The index key and version label came from ``registry_record.json`` whenever it was there: a model
+    pulled from the registry and then retrained in the same folder kept the old sha256s, so the old gallery
+    embeddings were served under the old version's name."""
+    from cafe.registry import Registry
+    from cafe.serving.index import files_digest, pulled_record, weights_digest
+    from cafe.serving.server import resolve_model
+
+    make_adapter(params).save_pretrained(tmp_path / "m0")
+    reg = Registry(tmp_path / "registry")
+    reg.register(tmp_path / "m0", "m", metrics={}, gate={"passed": True}, data_version="d")
+    pulled = reg.pull("m", 1, tmp_path / "pulled")
+    record = pulled_record(pulled)
+    assert record is not None and resolve_model(str(pulled), params)[1] == "m-v1"
+    pulled_key = weights_digest(pulled)
+    assert pulled_key == files_digest({rel: meta["sha256"] for rel, meta in record["files"].items()})
+    make_adapter(params, seed=1).save_pretrained(pulled)  # retrained into the pulled folder
+    assert pulled_record(pulled) is None
+    assert weights_digest(pulled) != pulled_key
+    assert resolve_model(str(pulled), params)[1] == "local-pulled"

@@ -20,7 +20,10 @@ MARKERS = (r"<\|im_start\|>\s*(?:system|user|assistant|tool)\b\s*:?", r"<\|start
            r"\[/?INST\]", r"<</?SYS>>", r"\[IMG\]", r"\[/?AVAILABLE_TOOLS\]")
 _TOKENS = re.compile("|".join(MARKERS), re.IGNORECASE)
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
-_ROLE = re.compile(r"^\s*(?:assistant|gpt|###\s*(?:assistant|response))\s*:\s*", re.IGNORECASE | re.MULTILINE)
+# role prefixes at a line start; only spaces and tabs around them ([^\S\n]), never newlines: "^\s*" let every line
+# start of a run of newlines scan the whole run again (quadratic: one caption of 10^6 newlines took hours)
+_ROLE = re.compile(r"^[^\S\n]*(?:assistant|gpt|###[^\S\n]*(?:assistant|response))[^\S\n]*:[^\S\n]*",
+                   re.IGNORECASE | re.MULTILINE)
 # a sentence ends at . ! ? followed by the end or a space and a capital/digit (so "e.g. a" does not cut)
 _SENTENCE_END = re.compile(r"[.!?](?=\s+[A-Z0-9\"'(]|\s*$)")
 _WORDS = re.compile(r"\w")
@@ -37,6 +40,13 @@ def clean_answer(text: str) -> str:
 
 def has_markers(text: str) -> bool:
     return bool(_TOKENS.search(text))
+
+
+def find_marker(text: str) -> str | None:
+    """The first chat marker or image placeholder in ``text`` (after removing invisible characters, which
+    could hide one), or None."""
+    m = _TOKENS.search(_CONTROL.sub("", text))
+    return m.group(0) if m else None
 
 
 def usable(text: str) -> bool:

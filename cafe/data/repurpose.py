@@ -257,6 +257,8 @@ def repurpose(cfg: RepurposeConfig, console=None) -> dict:
     check_output(cfg)
     out = Path(cfg.out)
     tmp = out.with_name(f".{out.name}.tmp")
+    if tmp.is_symlink():  # a link planted under the temporary name: removed, never followed
+        tmp.unlink()
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:

@@ -70,13 +70,33 @@ def files_digest(files: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(chosen).encode()).hexdigest()[:16]
 
 
-def weights_digest(model_dir: str | Path) -> str:
-    """Digest of the served weights: from the sha256s a registry pull verified, else by hashing the files; a
-    LoRA folder includes its base model's digest."""
+def pulled_record(model_dir: str | Path) -> dict | None:
+    """The registry record a pull wrote beside a model, while it still describes the folder: the files that
+    decide embeddings are the ones it lists, with their sizes, none written after it. A model retrained or
+    edited in a pulled folder has no current record (its old sha256s would key the old gallery index)."""
     model_dir = Path(model_dir)
-    record = model_dir / RECORD_FILE
-    if record.is_file():
-        files = {rel: meta["sha256"] for rel, meta in json.loads(record.read_text())["files"].items()}
+    path = model_dir / RECORD_FILE
+    try:
+        record = json.loads(path.read_text())
+        listed = {rel: meta for rel, meta in record["files"].items() if _decides_embeddings(rel)}
+        stamp = path.stat().st_mtime
+        on_disk = {p.relative_to(model_dir).as_posix(): p.stat() for p in model_dir.rglob("*")
+                   if p.is_file() and _decides_embeddings(p.relative_to(model_dir).as_posix())}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if set(on_disk) != set(listed) or any(st.st_size != listed[rel].get("size") or st.st_mtime > stamp
+                                          for rel, st in on_disk.items()):
+        return None
+    return record
+
+
+def weights_digest(model_dir: str | Path) -> str:
+    """Digest of the served weights: from the sha256s a registry pull verified (while its record is current:
+    :func:`pulled_record`), else by hashing the files; a LoRA folder includes its base model's digest."""
+    model_dir = Path(model_dir)
+    record = pulled_record(model_dir)
+    if record is not None:
+        files = {rel: meta["sha256"] for rel, meta in record["files"].items()}
     else:
         files = {p.relative_to(model_dir).as_posix(): sha256_file(p) for p in sorted(model_dir.rglob("*"))
                  if p.is_file() and _decides_embeddings(p.relative_to(model_dir).as_posix())}

@@ -21,6 +21,7 @@ from typing import Any
 from PIL import Image
 
 from cafe.config import ImageRulesConfig, Params
+from cafe.data.captions import find_marker
 from cafe.data.images import ImageRejected, clean_image
 
 TEXT_INPUT, IMAGE_INPUT = "text", "image_b64"
@@ -83,6 +84,10 @@ def text_field(value: Any, where: str, limits: Limits, required: bool = True) ->
         raise RequestError(f"{where}: not valid Unicode (a lone surrogate)", param=where) from None
     if "\x00" in value:
         raise RequestError(f"{where}: contains a NUL character", param=where)
+    marker = find_marker(value)
+    if marker is not None:  # read as structure by the processor (an <image> without an image raised: a 500)
+        raise RequestError(f"{where}: contains the chat-template marker {marker!r} (an image placeholder or turn "
+                           "marker of a model family); send plain text", param=where)
     return value
 
 

@@ -214,11 +214,11 @@ def resolve_model(model: str | None, p: Params) -> tuple[str, str]:
     """The model directory to load and its version label: a given directory (its registry record, if pulled
     from the registry, names the version), or ``serve.ref`` pulled from the registry into a local cache."""
     from cafe.registry import RECORD_FILE, Registry
+    from cafe.serving.index import pulled_record
 
     if model:
-        record = Path(model) / RECORD_FILE
-        if record.is_file():
-            data = json.loads(record.read_text())
+        data = pulled_record(model)  # None too when the folder was changed after the pull (retrained in place)
+        if data is not None:
             return model, f"{data['name']}-v{data['version']}"
         return model, f"local-{Path(model).resolve().name}"
     reg = Registry(p.registry.store, progress=True)
