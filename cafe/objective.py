@@ -36,8 +36,9 @@ def info_nce(image: torch.Tensor, text: torch.Tensor, temperature: float,
     """Symmetric InfoNCE between row-aligned normalised embeddings ``image[i] <-> text[i]``.
 
     Mined hard negatives (``[B, n, d]``, ``cafe mine``) join each sample's own denominators: ``negative_text[i]``
-    image i's (image->text), ``negative_image[i]`` text i's (text->image); ``negative_mask`` ``[B, n]`` marks the
-    real ones (a pair with fewer mined negatives is padded). ``hardness`` > 0 scales every negative's term by
+    image i's (image->text), ``negative_image[i]`` text i's (text->image); ``negative_mask`` marks the real ones
+    (a pair with fewer mined negatives is padded): ``[B, n]`` for both directions, or ``[B, 2, n]`` with the
+    text negatives' mask first (attribute-swap captions often have more texts than images). ``hardness`` > 0 scales every negative's term by
     ``exp(hardness * similarity)`` (detached; LLaVE's hardness weighting), the positive's left as it is."""
     logits = image @ text.T / temperature
     eye = torch.eye(len(logits), dtype=torch.bool, device=logits.device)
@@ -45,12 +46,13 @@ def info_nce(image: torch.Tensor, text: torch.Tensor, temperature: float,
         ids = ids.to(logits.device)
         logits = logits.masked_fill((ids[:, None] == ids[None, :]) & ~eye, float("-inf"))
     rows = {"i2t": [logits], "t2i": [logits.T]}
-    for name, queries, negatives in (("i2t", image, negative_text), ("t2i", text, negative_image)):
+    for k, (name, queries, negatives) in enumerate((("i2t", image, negative_text), ("t2i", text, negative_image))):
         if negatives is None:
             continue
         extra = torch.einsum("bd,bnd->bn", queries, negatives) / temperature
         if negative_mask is not None:
-            extra = extra.masked_fill(~negative_mask.to(extra.device), float("-inf"))
+            mask = negative_mask if negative_mask.dim() == 2 else negative_mask[:, k]
+            extra = extra.masked_fill(~mask.to(extra.device), float("-inf"))
         rows[name].append(extra)
     target = torch.arange(len(logits), device=logits.device)
     total = torch.zeros((), device=logits.device)

@@ -27,10 +27,12 @@ def _unit(*shape: int, seed: int) -> torch.Tensor:
 
 
 def _direct(image, text, neg_text, neg_image, mask, tau, captions, hardness):
-    """Eq. 1 written out term by term, each negative's exp weighted by exp(hardness * cosine)."""
+    """Eq. 1 written out term by term, each negative's exp weighted by exp(hardness * cosine); ``mask`` [B, n]
+    for both directions or [B, 2, n] (texts' mask, images' mask)."""
     norm = [" ".join(c.lower().split()) for c in captions]
+    masks = (mask, mask) if mask.dim() == 2 else (mask[:, 0], mask[:, 1])
     total = 0.0
-    for queries, keys, negatives in ((image, text, neg_text), (text, image, neg_image)):
+    for queries, keys, negatives, mask in ((image, text, neg_text, masks[0]), (text, image, neg_image, masks[1])):
         for i in range(len(queries)):
             pos = math.exp(float(queries[i] @ keys[i]) / tau)
             denominator = pos
@@ -56,6 +58,23 @@ def test_loss_with_negatives_equals_direct_implementation(hardness):
     got = info_nce(image, text, tau, caption_ids(captions), "mean", neg_text, neg_image, mask, hardness)
     assert got.item() == pytest.approx(_direct(image, text, neg_text, neg_image, mask, tau, captions, hardness),
                                        rel=1e-5)
+
+
+@pytest.mark.parametrize("hardness", [0.0, 2.0])
+def test_per_direction_masks_equal_direct_implementation(hardness):
+    """Attribute swaps give a pair more text negatives than image ones: each direction has its own mask."""
+    b, n, d, tau = 4, 3, 8, 0.1
+    image, text = _unit(b, d, seed=7), _unit(b, d, seed=8)
+    neg_text, neg_image = _unit(b, n, d, seed=9), _unit(b, n, d, seed=10)
+    mask = torch.tensor([[[1, 1, 1], [0, 0, 0]], [[1, 1, 0], [1, 0, 0]], [[0, 0, 0], [1, 1, 1]],
+                         [[1, 0, 0], [0, 0, 0]]], dtype=torch.bool)
+    captions = ["a red circle", "a blue square", "a green cross", "a white diamond"]
+    got = info_nce(image, text, tau, caption_ids(captions), "mean", neg_text, neg_image, mask, hardness)
+    assert got.item() == pytest.approx(_direct(image, text, neg_text, neg_image, mask, tau, captions, hardness),
+                                       rel=1e-5)
+    both = mask[:, 0] & mask[:, 1]  # one shared mask would drop the texts of pairs without image negatives
+    shared = info_nce(image, text, tau, caption_ids(captions), "mean", neg_text, neg_image, both, hardness)
+    assert not torch.isclose(shared, got)
 
 
 def test_negatives_raise_the_loss_and_all_masked_changes_nothing():
@@ -96,7 +115,7 @@ def test_training_items_carry_their_mined_negatives(params, tmp_path):
     _mined(params, tmp_path)
     data = pairs(params)
     batch = collate([data[i] for i in range(4)])
-    assert batch["negative_mask"].shape == (4, 2) and batch["negative_mask"].all()
+    assert batch["negative_mask"].shape == (4, 2, 2) and batch["negative_mask"].all()
     assert len(batch["negative_captions"]) == len(batch["negative_images"]) == 8
     mined = read_negatives(params.train.negatives)
     captions = {data.pairs[i][0].id: data.pairs[i][0].caption for i in range(len(data.pairs))}
@@ -132,7 +151,8 @@ def test_cached_gradients_with_negatives_equal_uncached(params, tmp_path):
     params.train.objective.hardness = 1.0
     batch = _batch(params, 0, 7)
     assert batch["negative_mask"].all()
-    batch["negative_mask"][1, 1] = False  # a padded slot
+    batch["negative_mask"][1, :, 1] = False  # a padded slot in both directions
+    batch["negative_mask"][2, 0, 0] = False  # and one text slot only
     reference = _grads(params, batch, chunk=0)
     _assert_same(_grads(params, batch, chunk=3), reference)  # chunks 3, 3, 1
     # the negatives matter: without them the contrastive loss differs

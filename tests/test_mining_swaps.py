@@ -190,10 +190,14 @@ def test_stage_writes_swap_shards_that_training_loads(params, tmp_path):
     params.train.negatives, params.train.negatives_per_sample = str(out), 2
     dataset = pairs_dataset(params)
     assert isinstance(dataset, WithNegatives) and dataset.version == version["sha256"]
-    index = next(i for i, t in enumerate(table["text_negatives"]) if t)
-    sample, _ = dataset[index]
-    assert sample.negative_mask[0] and normalise(sample.negative_captions[0]) == normalise(
-        caption[table["text_negatives"][index][0]])
+    for index, pid in enumerate(table["id"][:40]):  # every swapped caption is a text negative, first
+        sample, _ = dataset[index]
+        texts, images = sample.negative_mask
+        own = [t for _, t in swaps[pid]][:2]
+        assert list(sample.negative_captions[:len(own)]) == own and sum(texts) == min(2, len(own) + len(
+            {caption[j] for j in table["text_negatives"][index]} - set(own)))
+        assert sum(images) == min(2, len(table["image_negatives"][index]))
+    assert any(sum(dataset[i][0].negative_mask[0]) > sum(dataset[i][0].negative_mask[1]) for i in range(40))
 
 
 def test_fits_matches_objects_one_to_one_whatever_the_order():

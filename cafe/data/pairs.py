@@ -96,13 +96,15 @@ class ShardDataset(Dataset):
 
 
 class WithNegatives(Dataset):
-    """``dataset``'s items with each pair's mined hard negatives (``cafe mine``'s folder): ``per_sample`` texts
-    for its image and images for its caption, hardest first, read from ``pairs`` (the same split the negatives
-    were mined from; negatives mined from other pairs are refused). A pair with fewer mined negatives is
-    padded with its own caption and image, masked out of the loss (``Sample.negative_mask``)."""
+    """``dataset``'s items with each pair's hard negatives (``cafe mine``'s folder): ``per_sample`` texts for its
+    image and images for its caption, hardest first, read from ``pairs`` (the same split the negatives were
+    mined from; negatives mined from other pairs are refused). Rule-made attribute swaps (``mine.source:
+    attribute_swaps | both``) are texts of their own: they come first among the text negatives, then the
+    captions of the mined pairs. A pair with fewer negatives in a direction is padded with its own caption or
+    image, masked out of that direction's denominator (``Sample.negative_mask``: texts' mask, images' mask)."""
 
     def __init__(self, dataset: Dataset, pairs: ShardDataset, folder: str | Path, per_sample: int):
-        from cafe.mining.shards import read_negatives, read_version
+        from cafe.mining.shards import read_negatives, read_swap_captions, read_version
 
         version = read_version(folder)
         if version["pairs_data_version"] != pairs.version:
@@ -118,6 +120,8 @@ class WithNegatives(Dataset):
             raise ValueError(f"train.negatives {folder}: no entry for pair {missing[0]!r} ({len(missing)} missing); "
                              "mine again")
         self.negatives = [tuple([index[j] for j in mined[pid][kind][:per_sample]] for kind in (0, 1)) for pid in ids]
+        swaps = read_swap_captions(folder, pairs.split)
+        self.swaps = [[text for _, text in swaps.get(pid, [])][:per_sample] for pid in ids]
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -125,13 +129,16 @@ class WithNegatives(Dataset):
     def __getitem__(self, index: int):
         sample, image = self.dataset[index]
         texts, images = self.negatives[index]
-        pad = [index] * (self.per_sample - len(texts))
-        captions = tuple(self.pairs[j][0].caption for j in texts + pad)
-        pad = [index] * (self.per_sample - len(images))
-        pictures = tuple(self.pairs[j][1] for j in images + pad)
-        # one mask for both directions: a padded slot in either is masked in both
-        mask = tuple(i < min(len(texts), len(images)) for i in range(self.per_sample))
-        return replace(sample, negative_captions=captions, negative_images=pictures, negative_mask=mask), image
+        swaps = self.swaps[index]
+        captions = swaps + [c for c in (self.pairs[j][0].caption for j in texts) if c not in swaps]
+        captions = captions[:self.per_sample]
+        text_mask = tuple(i < len(captions) for i in range(self.per_sample))
+        if len(captions) < self.per_sample:
+            captions += [self.pairs[index][0].caption] * (self.per_sample - len(captions))
+        image_mask = tuple(i < len(images) for i in range(self.per_sample))
+        pictures = tuple(self.pairs[j][1] for j in images + [index] * (self.per_sample - len(images)))
+        return replace(sample, negative_captions=tuple(captions), negative_images=pictures,
+                       negative_mask=(text_mask, image_mask)), image
 
 
 def pairs_dataset(params, split: str = "train") -> Dataset:

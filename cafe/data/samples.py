@@ -28,10 +28,10 @@ class Sample:
     answer: str
     caption: str | None = None
     # mined hard negatives (train.negatives, cafe.data.pairs.WithNegatives): n texts for the image, n images for
-    # the caption, and which of the n are real (a pair with fewer is padded)
+    # the caption, and which of the n are real (a pair with fewer is padded): (texts' mask, images' mask)
     negative_captions: tuple[str, ...] | None = None
     negative_images: tuple[Image.Image, ...] | None = None
-    negative_mask: tuple[bool, ...] | None = None
+    negative_mask: tuple[tuple[bool, ...], tuple[bool, ...]] | None = None
 
 
 def load_instruction_samples(path: str | Path, image_root: str | Path | None = None) -> list[Sample]:

@@ -204,7 +204,7 @@ def shared_prefix_terms(adapter: VLMAdapter, batch: dict, cfg: TrainConfig,
     scale = len(counts) / counts.sum()  # gradients are averaged across ranks afterwards
     terms = Terms(obj, separate=cfg.optim.clip_mode == "per_loss" and backward is plain_backward)
     state: dict[str, torch.Tensor] = {}
-    n = batch["negative_mask"].shape[1] if "negative_mask" in batch else 0
+    n = batch["negative_mask"].shape[-1] if "negative_mask" in batch else 0
 
     def text_side(lo: int, hi: int) -> list[torch.Tensor]:
         """Samples ``[lo, hi)``'s text embeddings, and with mined negatives their negative texts (in the same

@@ -65,7 +65,7 @@ def _embed(adapter: VLMAdapter, batch: dict, lo: int, hi: int) -> list[torch.Ten
     texts and images (``n`` per sample, flat)."""
     out = list(_embed_pair(adapter, batch["images"][lo:hi], batch["captions"][lo:hi]))
     if "negative_mask" in batch:
-        n = batch["negative_mask"].shape[1]
+        n = batch["negative_mask"].shape[-1]
         neg_image, neg_text = _embed_pair(adapter, batch["negative_images"][lo * n:hi * n],
                                           batch["negative_captions"][lo * n:hi * n])
         out += [neg_text, neg_image]
@@ -78,7 +78,7 @@ def contrastive_term(adapter: VLMAdapter, batch: dict, cfg: TrainConfig, terms: 
     if any(c is None for c in captions):
         raise ValueError("alpha_con > 0 needs captions: train on repurposed pairs, not instruction records")
     spans = _spans(len(images), cfg.grad_cache_chunk)
-    n = batch["negative_mask"].shape[1] if "negative_mask" in batch else 0
+    n = batch["negative_mask"].shape[-1] if "negative_mask" in batch else 0
 
     def direct() -> torch.Tensor:
         loss = contrastive_loss(_embed(adapter, batch, 0, len(images)), batch, cfg)

@@ -50,7 +50,7 @@ def contrastive_loss(embeddings: Sequence[torch.Tensor], batch: dict, cfg: Train
     negatives = {}
     if len(embeddings) > 2:
         mask = batch["negative_mask"].to(image.device)
-        n, dim = mask.shape[1], image.shape[1]
+        n, dim = mask.shape[-1], image.shape[1]
         negatives = {"negative_text": gather_with_grad(embeddings[2]).view(-1, n, dim),
                      "negative_image": gather_with_grad(embeddings[3]).view(-1, n, dim),
                      "negative_mask": gather(mask)}
