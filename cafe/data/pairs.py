@@ -85,14 +85,22 @@ class ShardDataset(Dataset):
     def __getstate__(self) -> dict:  # loader workers start with an empty cache
         return {**self.__dict__, "_cache": OrderedDict(), "_cached_bytes": 0, "_fs": None}
 
-    def ids(self) -> list[str]:
-        """Every pair id of the split, in index order (reads only the id column)."""
-        out: list[str] = []
+    def _column(self, name: str) -> list:
+        """One column of the whole split, in index order (reads only that column, no image)."""
+        out: list = []
         fs = self._fs or filesystem(self.folder)[0]
         for path, g in self._groups:
             with fs.open_input_file(path) as fh:
-                out += pq.ParquetFile(fh).read_row_group(g, columns=["id"]).column("id").to_pylist()
+                out += pq.ParquetFile(fh).read_row_group(g, columns=[name]).column(name).to_pylist()
         return out
+
+    def ids(self) -> list[str]:
+        """Every pair id of the split, in index order."""
+        return self._column("id")
+
+    def captions_column(self) -> list[str]:
+        """Every pair's caption as its items carry it (``Sample.caption``), in index order."""
+        return self._column("short_caption" if self.captions == "short_long" else "long_caption")
 
 
 class WithNegatives(Dataset):
@@ -119,26 +127,28 @@ class WithNegatives(Dataset):
         if missing:
             raise ValueError(f"train.negatives {folder}: no entry for pair {missing[0]!r} ({len(missing)} missing); "
                              "mine again")
-        self.negatives = [tuple([index[j] for j in mined[pid][kind][:per_sample]] for kind in (0, 1)) for pid in ids]
         swaps = read_swap_captions(folder, pairs.split)
-        self.swaps = [[text for _, text in swaps.get(pid, [])][:per_sample] for pid in ids]
+        captions = pairs.captions_column()
+        # per pair: its negative texts (swapped captions first, then the mined pairs' captions not among them)
+        # and the indices of its negative images, resolved once so an item decodes only the images it needs
+        self.texts, self.images = [], []
+        for pid in ids:
+            own = [text for _, text in swaps.get(pid, [])]
+            mined_texts = [captions[index[j]] for j in mined[pid][0][:per_sample]]
+            self.texts.append((own + [c for c in mined_texts if c not in own])[:per_sample])
+            self.images.append([index[j] for j in mined[pid][1][:per_sample]])
+        self.captions = captions
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int):
         sample, image = self.dataset[index]
-        texts, images = self.negatives[index]
-        swaps = self.swaps[index]
-        captions = swaps + [c for c in (self.pairs[j][0].caption for j in texts) if c not in swaps]
-        captions = captions[:self.per_sample]
-        text_mask = tuple(i < len(captions) for i in range(self.per_sample))
-        if len(captions) < self.per_sample:
-            captions += [self.pairs[index][0].caption] * (self.per_sample - len(captions))
-        image_mask = tuple(i < len(images) for i in range(self.per_sample))
-        pictures = tuple(self.pairs[j][1] for j in images + [index] * (self.per_sample - len(images)))
-        return replace(sample, negative_captions=tuple(captions), negative_images=pictures,
-                       negative_mask=(text_mask, image_mask)), image
+        texts, images, n = self.texts[index], self.images[index], self.per_sample
+        captions = tuple(texts + [self.captions[index]] * (n - len(texts)))
+        pictures = tuple(self.pairs[j][1] for j in images) + (image,) * (n - len(images))
+        mask = (tuple(i < len(texts) for i in range(n)), tuple(i < len(images) for i in range(n)))
+        return replace(sample, negative_captions=captions, negative_images=pictures, negative_mask=mask), image
 
 
 def pairs_dataset(params, split: str = "train") -> Dataset:

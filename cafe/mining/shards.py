@@ -109,27 +109,27 @@ def is_negatives(folder: str | Path) -> bool:
     return True
 
 
-def read_negatives(folder: str | Path, split: str = "train") -> dict[str, tuple[list[str], list[str]]]:
-    """``pair id -> (text negative ids, image negative ids)``, hardest first (local or ``s3://``)."""
+def _shards(folder: str | Path, split: str, columns: list[str]):
+    """Each shard of ``split`` as a dict of ``columns`` (local or ``s3://``); shards lacking one are skipped."""
     fs, root = filesystem(str(folder))
     infos = fs.get_file_info(pafs.FileSelector(f"{root}/{split}", allow_not_found=True))
-    out: dict[str, tuple[list[str], list[str]]] = {}
     for path in sorted(i.path for i in infos if i.path.endswith(".parquet")):
-        cols = pq.read_table(path, columns=["id", "text_negatives", "image_negatives"], filesystem=fs).to_pydict()
+        if set(columns) <= set(pq.read_schema(path, filesystem=fs).names):
+            yield pq.read_table(path, columns=columns, filesystem=fs).to_pydict()
+
+
+def read_negatives(folder: str | Path, split: str = "train") -> dict[str, tuple[list[str], list[str]]]:
+    """``pair id -> (text negative ids, image negative ids)``, hardest first (local or ``s3://``)."""
+    out: dict[str, tuple[list[str], list[str]]] = {}
+    for cols in _shards(folder, split, ["id", "text_negatives", "image_negatives"]):
         out.update(zip(cols["id"], zip(cols["text_negatives"], cols["image_negatives"])))
     return out
 
 
 def read_swap_captions(folder: str | Path, split: str = "train") -> dict[str, list[tuple[str, str]]]:
     """``pair id -> [(kind, caption)]``: the attribute-swap negative captions (empty without the columns)."""
-    fs, root = filesystem(str(folder))
-    infos = fs.get_file_info(pafs.FileSelector(f"{root}/{split}", allow_not_found=True))
     out: dict[str, list[tuple[str, str]]] = {}
-    for path in sorted(i.path for i in infos if i.path.endswith(".parquet")):
-        table = pq.read_table(path, filesystem=fs)
-        if "swap_captions" not in table.column_names:
-            continue
-        cols = table.select(["id", "swap_kinds", "swap_captions"]).to_pydict()
+    for cols in _shards(folder, split, ["id", "swap_kinds", "swap_captions"]):
         out.update((pid, list(zip(kinds, texts))) for pid, kinds, texts in
                    zip(cols["id"], cols["swap_kinds"], cols["swap_captions"]))
     return out
