@@ -99,6 +99,9 @@ class ModelConfig(_Section):
     embed_padding_side: Literal["left", "right"] = "left"
     # captions and answers longer than this many tokens are cut at training (counted in the train log)
     max_text_tokens: int = Field(512, ge=1)
+    # megabytes of processed images kept in memory per process, so an image seen again skips the image
+    # processor (training visits each image many times); 0 = off
+    image_cache_mb: int = Field(0, ge=0)
     tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
     soft_prompt: SoftPromptConfig = Field(default_factory=SoftPromptConfig)

@@ -21,10 +21,15 @@ import torch.nn.functional as F
 from cafe.config import ObjectiveConfig
 
 
+def normalise_caption(text: str) -> str:
+    """The form in which two captions count as the same: lower case, single spaces."""
+    return " ".join(text.lower().split())
+
+
 def caption_ids(captions: Sequence[str]) -> torch.Tensor:
     """Stable 63-bit ids of normalised captions, so duplicates can be found across ranks."""
     def one(text: str) -> int:
-        digest = hashlib.blake2b(" ".join(text.lower().split()).encode(), digest_size=8).digest()
+        digest = hashlib.blake2b(normalise_caption(text).encode(), digest_size=8).digest()
         return int.from_bytes(digest, "little") & ((1 << 63) - 1)
     return torch.tensor([one(c) for c in captions], dtype=torch.long)
 

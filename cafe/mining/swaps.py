@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cafe.data.shapes import COLOURS, NUMBER_WORDS, POSITIONS, SHAPES, SIZES
+from cafe.objective import normalise_caption as normalise
 
 ATTRIBUTES = ("colour", "shape", "size", "position")
 KINDS = tuple(f"replace_{a}" for a in (*ATTRIBUTES, "count")) + tuple(f"swap_{a}" for a in ATTRIBUTES)
@@ -49,11 +50,6 @@ _MENTION = re.compile(
     rf"(?: that is (?P<size2>{'|'.join(SIZES)})\b)?(?: (?:is )?(?P<position>in the center|at the (?:{_POS}))\b)?",
     re.IGNORECASE)
 _COUNT = re.compile(rf"\b(?:(?P<verb>is|are) )?(?P<count>{'|'.join(COUNTS)}) (?P<noun>objects?)\b", re.IGNORECASE)
-
-
-def normalise(text: str) -> str:
-    """The normalised-caption rule's form (as :func:`cafe.objective.caption_ids`): lower case, single spaces."""
-    return " ".join(text.lower().split())
 
 
 def _where(position: str) -> str:

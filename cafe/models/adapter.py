@@ -16,6 +16,7 @@ tower and projector live, and how to build a tiny model of its architecture from
 
 from __future__ import annotations
 
+import copy
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,6 +28,7 @@ from PIL import Image
 from cafe.config import ModelConfig, PromptConfig, TinyModelConfig
 from cafe.contract import write_contract
 from cafe.models import tuning
+from cafe.models.image_cache import CachedImageProcessor
 
 IGNORE_INDEX = -100
 
@@ -58,6 +60,14 @@ class VLMAdapter:
         self.trainable = {part: True for part in tuning.PARTS}
         self.base_path: str | None = None  # the checkpoint the weights (or LoRA's base weights) came from
         self.truncated_texts = 0  # captions/answers cut to model.max_text_tokens so far (the train log counts them)
+        # with model.image_cache_mb, inputs are built by a copy of the processor whose image processor remembers
+        # each image's output; the processor itself (what is saved) stays as loaded
+        self.image_processor = processor.image_processor
+        self._encoder = processor
+        if self.model_cfg.image_cache_mb:
+            self.image_processor = CachedImageProcessor(processor.image_processor, self.model_cfg.image_cache_mb)
+            self._encoder = copy.copy(processor)
+            self._encoder.image_processor = self.image_processor
 
     # ----------------------------------------------------------------- loading and saving
     @classmethod
@@ -143,7 +153,7 @@ class VLMAdapter:
             kwargs: dict[str, Any] = {"text": texts, "return_tensors": "pt", "padding": True}
             if images is not None:
                 kwargs["images"] = list(images)
-            batch = self.processor(**kwargs)
+            batch = self._encoder(**kwargs)
         return batch.to(self.device)
 
     def _soft_placeholder(self) -> str:

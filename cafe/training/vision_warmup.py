@@ -119,7 +119,7 @@ def warm_up_vision(adapter: VLMAdapter, samples: list[Sample], steps: int, lr: f
             with Image.open(p) as img:
                 images.append(img.convert("RGB"))
         # the base view of LLaVA-OneVision's anyres layout (first crop), as the language model sees it
-        pixels.append(adapter.processor.image_processor(images, return_tensors="pt")["pixel_values"][:, 0])
+        pixels.append(adapter.image_processor(images, return_tensors="pt")["pixel_values"][:, 0])
     pixels = torch.cat(pixels).to(adapter.device)
     labels = labels.to(adapter.device)
 
