@@ -115,3 +115,19 @@ def test_an_unknown_family_is_named(params):
     params.model.family = "gpt2"
     with pytest.raises(ValueError, match="qwen2_vl"):
         make_adapter(params)
+
+
+def test_templates_and_heads_are_rendered_once_and_as_the_processor_renders_them(fam_adapter, world):
+    """The adapter remembers rendered conversations; what it returns is the processor's own template, and the
+    labels of a batch built from remembered heads equal those of a fresh adapter's first batch."""
+    images = _images(world, 2)
+    first = fam_adapter.lm_inputs(images, ["What is here?", "Describe it."], ANSWERS)
+    again = fam_adapter.lm_inputs(images, ["What is here?", "Describe it."], ANSWERS)
+    assert torch.equal(first["labels"], again["labels"]) and torch.equal(first["input_ids"], again["input_ids"])
+    assert fam_adapter._render.cache_info().hits >= 4 and fam_adapter._head_length.cache_info().hits >= 2
+    user = [{"type": "image"}, {"type": "text", "text": "What is here?"}]
+    messages = fam_adapter._messages(user, ANSWERS[0])
+    direct = fam_adapter.processor.apply_chat_template(messages, add_generation_prompt=False, tokenize=False)
+    assert fam_adapter._template(messages, False) == direct
+    other = fam_adapter._messages([{"type": "image"}, {"type": "text", "text": "Describe it."}], ANSWERS[1])
+    assert fam_adapter._template(other, False) != direct

@@ -17,6 +17,8 @@ tower and projector live, and how to build a tiny model of its architecture from
 from __future__ import annotations
 
 import copy
+import functools
+import json
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Sequence
@@ -68,6 +70,10 @@ class VLMAdapter:
             self.image_processor = CachedImageProcessor(processor.image_processor, self.model_cfg.image_cache_mb)
             self._encoder = copy.copy(processor)
             self._encoder.image_processor = self.image_processor
+        # training renders the same conversations every epoch: each distinct one is templated (and a prompt's
+        # head tokenized) once
+        self._render = functools.lru_cache(maxsize=2**16)(self._render_uncached)
+        self._head_length = functools.lru_cache(maxsize=2**12)(self._head_length_uncached)
 
     # ----------------------------------------------------------------- loading and saving
     @classmethod
@@ -137,7 +143,17 @@ class VLMAdapter:
         return messages
 
     def _template(self, messages: list[dict], generation_prompt: bool) -> str:
-        return self.processor.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=False)
+        return self._render(json.dumps(messages), generation_prompt)
+
+    def _render_uncached(self, messages: str, generation_prompt: bool) -> str:
+        """The chat template applied once per distinct conversation (training repeats them every epoch)."""
+        return self.processor.apply_chat_template(json.loads(messages), add_generation_prompt=generation_prompt,
+                                                  tokenize=False)
+
+    def _head_length_uncached(self, head: str) -> tuple[int, int]:
+        """Tokens of a prompt's head as the processor adds them, and how many of them are image tokens."""
+        ids = self.tokenizer(head)["input_ids"]
+        return len(ids), ids.count(self.processor.image_token_id)
 
     @contextmanager
     def _padding(self, side: str):
@@ -221,9 +237,9 @@ class VLMAdapter:
         labels = batch["input_ids"].clone()
         labels[batch["attention_mask"] == 0] = IGNORE_INDEX
         for i, head in enumerate(heads):
-            head_ids = self.tokenizer(head)["input_ids"]  # special tokens as the processor adds them
+            n_tokens, n_placeholders = self._head_length(head)
             n_image = int((batch["input_ids"][i] == image_token_id).sum())
-            head_len = len(head_ids) - head_ids.count(image_token_id) + n_image
+            head_len = n_tokens - n_placeholders + n_image
             labels[i, :head_len] = IGNORE_INDEX
         batch["labels"] = labels
         return batch
