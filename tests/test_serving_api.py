@@ -314,9 +314,11 @@ def test_contracts_refused_between_model_prompts_and_index(world, params, tmp_pa
     make_adapter(params).save_pretrained(model)
     params.serve.gallery = str(world / "eval" / "retrieval_karpathy.json")
     params.serve.index_store, params.serve.traffic_store = str(tmp_path / "idx"), str(tmp_path / "traffic")
+    params.model.image_cache_mb = 64  # the training cache: a server keeps no user's image
     first = open_service(params, str(model), log=lambda _: None)
     key = index_key(weights_digest(model))
     assert (tmp_path / "idx" / key).is_dir() and first.index.ids
+    assert first.adapter.image_processor is first.adapter.processor.image_processor
 
     changed = params.model_copy(deep=True)
     changed.prompts.image_embed = "Summarise this image in one word:"

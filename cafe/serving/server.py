@@ -238,7 +238,8 @@ def open_service(p: Params, model: str | None = None, log: Callable[[str], None]
     from cafe.serving.index import build_index, gallery_items, index_key, load_index, weights_digest
 
     path, version = resolve_model(model, p)
-    adapter = load_adapter(path, p.prompts, p.model, fresh_tuning=False)
+    # no image cache: a server sees each user's image about once, and keeps none of them in memory
+    adapter = load_adapter(path, p.prompts, p.model.model_copy(update={"image_cache_mb": 0}), fresh_tuning=False)
     live = contract_of(adapter)
     saved = read_contract(path)
     if saved is not None:
