@@ -89,6 +89,9 @@ def test_inputs_the_cache_cannot_key_go_to_the_processor_whole(params, world):
     out = cache(image, return_tensors="pt")  # one array, not a list of images
     _assert_equal(out, plain.image_processor(image, return_tensors="pt"))
     assert len(cache) == 0
+    assert cache.crop_size == plain.image_processor.crop_size  # what the processor reads is the inner one's
+    with pytest.raises(AttributeError):
+        CachedImageProcessor.__new__(CachedImageProcessor).anything
 
 
 def test_a_model_saved_with_the_cache_on_has_the_processor_as_loaded(params, world, tmp_path):

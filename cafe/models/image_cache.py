@@ -60,7 +60,10 @@ class CachedImageProcessor:
         self._lock = threading.Lock()
 
     def __getattr__(self, name: str) -> Any:  # sizes, grid pinpoints, ... as the processor's own
-        return getattr(self.__dict__["inner"], name)
+        inner = self.__dict__.get("inner")
+        if inner is None:  # not yet initialised (copy, unpickling)
+            raise AttributeError(name)
+        return getattr(inner, name)
 
     def __len__(self) -> int:
         return len(self._entries)
