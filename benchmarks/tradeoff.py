@@ -1,89 +1,199 @@
-"""Paper Table 7 in miniature: fine-tune the same base for the same budget with contrastive-only,
-language-only, and CAFe at several alpha_lm : alpha_con ratios; print retrieval R@1 and caption object F1.
+"""Paper Table 7 in miniature, as an experiment: the alpha_lm : alpha_con trade-off at one budget.
 
-Usage: python -m benchmarks.tradeoff [--steps N] [--caption-images N] [--pope-questions N] [--out ...]
-(as a module: run as a script, benchmarks/peft.py would shadow the peft package)
-Needs the base model (`cafe pretrain`, or `make demo` once).
+From one base, each arm (contrastive only, CAFe at alpha_lm : alpha_con = 0.05, 0.1, 0.2, 1, and language
+only) is fine-tuned for the same number of steps with the L_lm source of ``params.yaml`` (``train.lm_source``).
+Every arm gets the same search first: a grid of learning rates (the vision tower's at the same 1 : 5 ratio
+as ``params.yaml``) and, where there is a contrastive term, temperatures, one seed each, measured on the
+**search world** (the dev world); the arm keeps the point with the best mean R@1 of both directions
+(language only: the best mean of MMStar-format accuracy, POPE accuracy and caption object F1). Then each arm
+runs its chosen point with every seed and is measured on ``--eval`` (the evaluation world for the final
+table), with the suite and the skill probes of ``benchmarks.understanding``. Each run also records its
+training losses (the first and last 10 steps' L_con and L_lm), which say how fast each arm learns.
+
+Usage: python -m benchmarks.tradeoff --base models/base/model [--search-eval data/shapes/dev]
+[--eval data/shapes/eval] [--steps 244] [--seeds 0,1,2] [--lrs 1e-3,2e-3,4e-3] [--temperatures 0.02,0.05]
+[--arms 0,0.05,0.1,0.2,1,lm] [-s section.key=value ...] [--out docs/results/tradeoff.json]
+An interrupted run goes on where it stopped (runs already in ``--out`` are not trained again).
+(As a module: run as a script, benchmarks/peft.py would shadow the peft package.)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
 import time
+from pathlib import Path
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
 from benchmarks._results import default_out, write_result
+from benchmarks.understanding import measure
 from cafe.config import load_params
 from cafe.data.pairs import pairs_dataset
 from cafe.distributed import DistEnv
-from cafe.evaluation.evaluate import evaluate
-from cafe.models import load_adapter
 from cafe.training.trainer import Trainer
 
-# (label, alpha_lm, alpha_con); the ratio column is alpha_lm / alpha_con as in the paper
-RUNS = [
-    ("contrastive only", 0.0, 10.0),
-    ("CAFe 0.05", 0.5, 10.0),
-    ("CAFe 0.1 (default)", 1.0, 10.0),
-    ("CAFe 0.2", 2.0, 10.0),
-    ("CAFe 1", 10.0, 10.0),
-    ("language only", 1.0, 0.0),
-]
+# key -> (label, alpha_lm, alpha_con); the paper's ratio is alpha_lm / alpha_con, its contrastive term
+# being about a tenth of the language term, as here with alpha_con 10
+ARMS = {
+    "0": ("contrastive only", 0.0, 10.0),
+    "0.05": ("CAFe 0.05", 0.5, 10.0),
+    "0.1": ("CAFe 0.1 (default)", 1.0, 10.0),
+    "0.2": ("CAFe 0.2", 2.0, 10.0),
+    "1": ("CAFe 1", 10.0, 10.0),
+    "lm": ("language only", 1.0, 0.0),
+}
+# Table 7 of the paper (LLaVA-OV 0.5B... fine-tuned with CAFe): Flickr I2T / T2I R@1 and MMStar, in %
+PAPER = {"0": (89.0, 75.0, 53.9), "0.05": (88.3, 75.8, 56.5), "0.1": (87.5, 75.3, 56.8),
+         "0.2": (87.0, 74.7, 57.3), "1": (84.9, 73.2, 57.1)}
+COLUMNS = ["i2t_R@1", "t2i_R@1", "mmstar_accuracy", "pope_avg_accuracy", "pope_invalid", "mmstar_invalid",
+           "object_f1", "yesno_auc", "modality_gap"]
+
+
+def criterion(arm: str, metrics: dict) -> float:
+    """What the search maximises: retrieval where the arm trains it, the understanding metrics where not."""
+    if ARMS[arm][2] > 0:
+        return (metrics["i2t_R@1"] + metrics["t2i_R@1"]) / 2
+    return (metrics["mmstar_accuracy"] + metrics["pope_avg_accuracy"] + metrics["object_f1"]) / 3
+
+
+def grid(arm: str, lrs: list[float], temperatures: list[float]) -> list[tuple[float, float | None]]:
+    """The search points of an arm: (lr, temperature); the temperature only where L_con is trained."""
+    if ARMS[arm][2] == 0:
+        return [(lr, None) for lr in lrs]
+    return [(lr, t) for lr in lrs for t in temperatures]
+
+
+def losses(run_dir: Path) -> dict:
+    """The first and last 10 logged steps' mean L_con and L_lm of a run (its ``train_log.jsonl``)."""
+    rows = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines() if line.strip()]
+    out = {}
+    for term in ("loss_con", "loss_lm"):
+        values = [r[term] for r in rows if r.get(term) is not None]
+        if values:
+            out[f"{term}_first"] = statistics.fmean(values[:10])
+            out[f"{term}_last"] = statistics.fmean(values[-10:])
+    return out
+
+
+def summarise(seeds: list[dict]) -> tuple[dict, dict]:
+    """Mean and sample standard deviation over seeds of every column the seeds all have."""
+    keys = [k for k in COLUMNS + ["loss_con_last", "loss_lm_last"] if seeds and all(k in s for s in seeds)]
+    mean = {k: statistics.fmean(s[k] for s in seeds) for k in keys}
+    std = {k: statistics.stdev(s[k] for s in seeds) if len(seeds) > 1 else 0.0 for k in keys}
+    return mean, std
+
+
+class Sweep:
+    """Trains and measures runs once: every result is kept in ``results`` (and on disk after each run)."""
+
+    def __init__(self, args, results: dict):
+        self.args, self.results = args, results
+        self.runs = Path(args.runs)
+
+    def run(self, arm: str, lr: float, temperature: float | None, seed: int, eval_dir: str) -> dict:
+        _, a_lm, a_con = ARMS[arm]
+        name = f"{arm}-lr{lr:g}" + ("" if temperature is None else f"-t{temperature:g}") + f"-s{seed}"
+        key = f"{name}@{eval_dir}"
+        if key in self.results["runs"]:
+            return self.results["runs"][key]
+        params = load_params(self.args.params, self.args.set)
+        output = self.runs / name
+        overrides = [f"train.objective.alpha_lm={a_lm}", f"train.objective.alpha_con={a_con}",
+                     f"train.optim.lr={lr}", f"train.optim.lr_vision={lr * params.train.optim.lr_vision / params.train.optim.lr}",
+                     f"train.seed={seed}", f"train.base_model={self.args.base}", f"train.output={output}",
+                     f"train.max_steps={self.args.steps}"]
+        if temperature is not None:
+            overrides.append(f"train.objective.temperature={temperature}")
+        p = load_params(self.args.params, self.args.set + overrides)
+        model = output / "model"
+        trained = next((r for r in self.results["runs"].values() if r["name"] == name), None)
+        if trained is None or not (model / "config.json").is_file():
+            start = time.perf_counter()
+            model = Trainer(p.train, p, DistEnv(), progress=False).fit(pairs_dataset(p), p.train.base_model,
+                                                                       resume=False)
+            seconds = time.perf_counter() - start
+        else:  # the same training measured on another world: no need to train it again
+            seconds = trained["train_seconds"]
+        metrics = measure(model, p, eval_dir, self.runs / f"{name}-metrics-{Path(eval_dir).name}")
+        row = {"name": name, "arm": arm, "lr": lr, "temperature": temperature, "seed": seed, "eval": eval_dir,
+               "train_seconds": seconds, **losses(output), **{k: metrics[k] for k in metrics}}
+        self.results["runs"][key] = row
+        write_result(self.args.out, self.results)
+        print(name, eval_dir, {k: round(row[k], 3) for k in COLUMNS + ["loss_con_last"] if k in row},
+              f"{seconds:.0f}s", flush=True)
+        return row
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--base", default="models/base/model", help="the base every arm starts from")
+    ap.add_argument("--search-eval", default="data/shapes/dev", help="the world the search measures on")
+    ap.add_argument("--eval", default="data/shapes/dev", help="the world of the final table (data/shapes/eval)")
     ap.add_argument("--steps", type=int, default=0, help="training steps per run (0: params.yaml's epochs)")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--lrs", default="1e-3,2e-3,4e-3", help="the search's language-model learning rates")
+    ap.add_argument("--temperatures", default="0.02,0.05", help="the search's contrastive temperatures")
+    ap.add_argument("--arms", default=",".join(ARMS), help="of " + ", ".join(ARMS))
+    ap.add_argument("--runs", default="runs/tradeoff", help="where the fine-tuned models go")
+    ap.add_argument("-s", "--set", action="append", default=[], help="params override for every run")
     ap.add_argument("--out", default=default_out("tradeoff"))
-    ap.add_argument("--parts", default="retrieval,geometry,captions,pope",
-                    help="evaluation parts per run (the table needs these; the rest of the suite only costs time)")
-    ap.add_argument("--caption-images", type=int, default=0,
-                    help="caption at most this many held-out images (0: all 500); retrieval always uses all")
-    ap.add_argument("--pope-questions", type=int, default=0, help="at most this many POPE questions per split (0: all)")
     args = ap.parse_args()
+    arms = [a for a in args.arms.split(",") if a]
+    unknown = sorted(set(arms) - set(ARMS))
+    if unknown:
+        ap.error(f"unknown arm(s) {unknown}: choose from {', '.join(ARMS)}")
     import transformers
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
-    base = load_params(args.params)
-    samples = pairs_dataset(base)
-    results = []
-    for label, a_lm, a_con in RUNS:
-        p = load_params(args.params, [f"train.objective.alpha_lm={a_lm}", f"train.objective.alpha_con={a_con}",
-                                      f"train.output=runs/bench/{label.split()[0]}-{a_lm}-{a_con}",
-                                      f"train.max_steps={args.steps}"])
-        p.evaluate.parts = args.parts.split(",")
-        p.evaluate.max_items.update({k: v for k, v in (("captions", args.caption_images), ("pope", args.pope_questions)) if v})
-        start = time.perf_counter()
-        model_dir = Trainer(p.train, p, DistEnv(), progress=False).fit(samples, p.train.base_model, resume=False)
-        seconds = time.perf_counter() - start
-        metrics = evaluate(load_adapter(model_dir, p.prompts, p.model), p.evaluate, p.prompts)
-        results.append({"run": label, "alpha_lm": a_lm, "alpha_con": a_con, "train_seconds": seconds, **metrics})
-        print(f"{label}: i2t R@1 {metrics['i2t_R@1']:.3f} t2i R@1 {metrics['t2i_R@1']:.3f} "
-              f"object F1 {metrics['object_f1']:.3f} ({seconds:.0f}s)", flush=True)
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.is_file() else {}
+    results.setdefault("runs", {})
+    results["settings"] = {k: getattr(args, k) for k in ("base", "search_eval", "eval", "steps", "seeds", "lrs",
+                                                          "temperatures", "set")}
+    sweep = Sweep(args, results)
+    lrs = [float(v) for v in args.lrs.split(",")]
+    temperatures = [float(v) for v in args.temperatures.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    table = {}
+    for arm in arms:
+        searched = [sweep.run(arm, lr, t, seeds[0], args.search_eval) for lr, t in grid(arm, lrs, temperatures)]
+        best = max(searched, key=lambda r: criterion(arm, r))
+        final = [sweep.run(arm, best["lr"], best["temperature"], seed, args.eval) for seed in seeds]
+        mean, std = summarise(final)
+        table[arm] = {"label": ARMS[arm][0], "alpha_lm": ARMS[arm][1], "alpha_con": ARMS[arm][2],
+                      "chosen": {"lr": best["lr"], "temperature": best["temperature"],
+                                 "criterion": criterion(arm, best)},
+                      "search": [{"lr": r["lr"], "temperature": r["temperature"], "criterion": criterion(arm, r)}
+                                 for r in searched],
+                      "seeds": seeds, "mean": mean, "std": std, "paper": PAPER.get(arm)}
+    results["table"] = table
+    write_result(out, results)
 
-    table = Table(title="alpha_lm : alpha_con trade-off (same base, same budget)")
-    for col in ("run", "ratio", "i2t R@1", "t2i R@1", "object F1", "probe acc", "modality gap"):
-        table.add_column(col, justify="left" if col == "run" else "right")
-    for r in results:
-        ratio = "-" if r["alpha_con"] == 0 else f"{r['alpha_lm'] / r['alpha_con']:g}"
-        cells = [r.get(k) for k in ("i2t_R@1", "t2i_R@1", "object_f1", "probe_accuracy", "modality_gap")]
-        table.add_row(r["run"], ratio, *("-" if v is None else f"{v:.3f}" for v in cells))
-    Console().print(table)
+    view = Table(title=f"alpha_lm : alpha_con at {args.steps or 'the default'} steps, mean of {len(seeds)} seed(s) "
+                       f"on {args.eval} (paper: Flickr R@1, MMStar)")
+    for col in ("run", "ratio", "lr", "tau", "i2t R@1", "t2i R@1", "MMStar", "POPE acc", "invalid P/M",
+                "object F1", "L_con end", "paper I2T/T2I/MMStar"):
+        view.add_column(col, justify="left" if col == "run" else "right")
+    for arm, row in table.items():
+        m, s = row["mean"], row["std"]
 
-    by = {r["run"]: r for r in results}
-    con, lm, cafe = by["contrastive only"], by["language only"], by["CAFe 0.1 (default)"]
-    summary = {
-        "cafe_r1_share_of_contrastive_only": (cafe["i2t_R@1"] + cafe["t2i_R@1"]) / max(1e-9, con["i2t_R@1"] + con["t2i_R@1"]),
-        "cafe_f1_share_of_language_only": cafe["object_f1"] / max(1e-9, lm["object_f1"]),
-    }
-    Console().print(summary)
-    write_result(args.out, {"runs": results, "summary": summary})
+        def cell(k):
+            return f"{m[k]:.3f}±{s[k]:.3f}" if k in m else "-"
+        paper = "/".join(f"{v:g}" for v in row["paper"]) if row["paper"] else "-"
+        view.add_row(row["label"], "-" if row["alpha_con"] == 0 else f"{row['alpha_lm'] / row['alpha_con']:g}",
+                     f"{row['chosen']['lr']:g}", "-" if row["chosen"]["temperature"] is None
+                     else f"{row['chosen']['temperature']:g}", cell("i2t_R@1"), cell("t2i_R@1"),
+                     cell("mmstar_accuracy"), cell("pope_avg_accuracy"),
+                     f"{m.get('pope_invalid', 0):.2f}/{m.get('mmstar_invalid', 0):.2f}", cell("object_f1"),
+                     f"{m['loss_con_last']:.3f}" if "loss_con_last" in m else "-", paper)
+    Console().print(view)
 
 
 if __name__ == "__main__":
