@@ -100,10 +100,10 @@ class Sweep:
         key = f"{name}@{eval_dir}"
         if key in self.results["runs"]:
             return self.results["runs"][key]
-        params = load_params(self.args.params, self.args.set)
+        optim = load_params(self.args.params, self.args.set).train.optim
         output = self.runs / name
         overrides = [f"train.objective.alpha_lm={a_lm}", f"train.objective.alpha_con={a_con}",
-                     f"train.optim.lr={lr}", f"train.optim.lr_vision={lr * params.train.optim.lr_vision / params.train.optim.lr}",
+                     f"train.optim.lr={lr}", f"train.optim.lr_vision={lr * optim.lr_vision / optim.lr}",
                      f"train.seed={seed}", f"train.base_model={self.args.base}", f"train.output={output}",
                      f"train.max_steps={self.args.steps}"]
         if temperature is not None:
