@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -176,25 +177,38 @@ def main() -> None:
     results["table"] = table
     write_result(out, results)
 
-    view = Table(title=f"alpha_lm : alpha_con at {args.steps or 'the default'} steps, mean of {len(seeds)} seed(s) "
-                       f"on {args.eval} (paper: Flickr R@1, MMStar)")
-    for col in ("run", "ratio", "lr", "tau", "i2t R@1", "t2i R@1", "MMStar", "POPE acc", "invalid P/M",
-                "object F1", "L_con end", "paper I2T/T2I/MMStar"):
+    print_table(table, len(seeds), args)
+
+
+def print_table(table: dict, n_seeds: int, args) -> None:
+    """Two tables that fit 80 columns: this run's means (sd over seeds where there are several), and the
+    chosen point, the end of training and the paper's numbers beside each arm."""
+    console = Console()
+    view = Table(title=f"mean of {n_seeds} seed(s) on {args.eval}, {args.steps or 'default'} steps",
+                 box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("run", "ratio", "i2t R@1", "t2i R@1", "MMStar", "POPE", "invalid", "obj F1"):
         view.add_column(col, justify="left" if col == "run" else "right")
     for arm, row in table.items():
         m, s = row["mean"], row["std"]
 
-        def cell(k):
-            return f"{m[k]:.3f}±{s[k]:.3f}" if k in m else "-"
-        paper = "/".join(f"{v:g}" for v in row["paper"]) if row["paper"] else "-"
-        view.add_row(row["label"], "-" if row["alpha_con"] == 0 else f"{row['alpha_lm'] / row['alpha_con']:g}",
-                     f"{row['chosen']['lr']:g}", "-" if row["chosen"]["temperature"] is None
-                     else f"{row['chosen']['temperature']:g}", cell("i2t_R@1"), cell("t2i_R@1"),
-                     cell("mmstar_accuracy"), cell("pope_avg_accuracy"),
-                     f"{m.get('pope_invalid', 0):.2f}/{m.get('mmstar_invalid', 0):.2f}", cell("object_f1"),
-                     f"{m['loss_con_last']:.3f}" if "loss_con_last" in m else "-", paper)
-    Console().print(view)
-
+        def cell(k, sd=False):
+            return "-" if k not in m else f"{m[k]:.2f}" + (f"±{s[k]:.2f}" if sd and n_seeds > 1 else "")
+        view.add_row(arm, "-" if row["alpha_con"] == 0 else f"{row['alpha_lm'] / row['alpha_con']:g}",
+                     cell("i2t_R@1", True), cell("t2i_R@1", True), cell("mmstar_accuracy"),
+                     cell("pope_avg_accuracy"), f"{m.get('pope_invalid', 0):.2f}/{m.get('mmstar_invalid', 0):.2f}",
+                     cell("object_f1"))
+    console.print(view)
+    setup = Table(title="chosen point, end of training, the paper (Flickr R@1 %, MMStar %)", box=box.SIMPLE_HEAD,
+                  pad_edge=False)
+    for col in ("run", "label", "lr", "tau", "L_con end", "L_lm end", "paper I2T/T2I/MMStar"):
+        setup.add_column(col, justify="left" if col in ("run", "label") else "right")
+    for arm, row in table.items():
+        m, t = row["mean"], row["chosen"]["temperature"]
+        setup.add_row(arm, row["label"], f"{row['chosen']['lr']:g}", "-" if t is None else f"{t:g}",
+                      f"{m['loss_con_last']:.3f}" if "loss_con_last" in m else "-",
+                      f"{m['loss_lm_last']:.3f}" if "loss_lm_last" in m else "-",
+                      "/".join(f"{v:g}" for v in row["paper"]) if row["paper"] else "-")
+    console.print(setup)
 
 if __name__ == "__main__":
     main()
