@@ -11,7 +11,7 @@ table), with the suite and the skill probes of ``benchmarks.understanding``. Eac
 training losses (the first and last 10 steps' L_con and L_lm), which say how fast each arm learns.
 
 Usage: python -m benchmarks.tradeoff --base models/base/model [--search-eval data/shapes/dev]
-[--eval data/shapes/eval] [--steps 244] [--seeds 0,1,2] [--lrs 1e-3,2e-3,4e-3] [--temperatures 0.02,0.05]
+[--eval data/shapes/eval] [--steps 244] [--seeds 0,1,2] [--lrs 1e-3,2e-3,4e-3] [--temperatures 0.01,0.05]
 [--arms 0,0.05,0.1,0.2,1,lm] [-s section.key=value ...] [--out docs/results/tradeoff.json]
 An interrupted run goes on where it stopped (runs already in ``--out`` are not trained again).
 (As a module: run as a script, benchmarks/peft.py would shadow the peft package.)
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -31,11 +30,8 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks._results import default_out, write_result
-from benchmarks.understanding import measure
+from benchmarks.understanding import fine_tune, measure
 from cafe.config import load_params
-from cafe.data.pairs import pairs_dataset
-from cafe.distributed import DistEnv
-from cafe.training.trainer import Trainer
 
 # key -> (label, alpha_lm, alpha_con); the paper's ratio is alpha_lm / alpha_con, its contrastive term
 # being about a tenth of the language term, as here with alpha_con 10
@@ -113,10 +109,7 @@ class Sweep:
         model = output / "model"
         trained = next((r for r in self.results["runs"].values() if r["name"] == name), None)
         if trained is None or not (model / "config.json").is_file():
-            start = time.perf_counter()
-            model = Trainer(p.train, p, DistEnv(), progress=False).fit(pairs_dataset(p), p.train.base_model,
-                                                                       resume=False)
-            seconds = time.perf_counter() - start
+            model, seconds = fine_tune(p)
         else:  # the same training measured on another world: no need to train it again
             seconds = trained["train_seconds"]
         metrics = measure(model, p, eval_dir, self.runs / f"{name}-metrics-{Path(eval_dir).name}")
@@ -138,7 +131,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=0, help="training steps per run (0: params.yaml's epochs)")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--lrs", default="1e-3,2e-3,4e-3", help="the search's language-model learning rates")
-    ap.add_argument("--temperatures", default="0.02,0.05", help="the search's contrastive temperatures")
+    ap.add_argument("--temperatures", default="0.01,0.05", help="the search's contrastive temperatures")
     ap.add_argument("--arms", default=",".join(ARMS), help="of " + ", ".join(ARMS))
     ap.add_argument("--runs", default="runs/tradeoff", help="where the fine-tuned models go")
     ap.add_argument("-s", "--set", action="append", default=[], help="params override for every run")
@@ -209,6 +202,7 @@ def print_table(table: dict, n_seeds: int, args) -> None:
                       f"{m['loss_lm_last']:.3f}" if "loss_lm_last" in m else "-",
                       "/".join(f"{v:g}" for v in row["paper"]) if row["paper"] else "-")
     console.print(setup)
+
 
 if __name__ == "__main__":
     main()

@@ -42,6 +42,14 @@ COLUMNS = ["i2t_R@1", "t2i_R@1", "modality_gap", "object_f1", "throne_f1", "pope
            "mmstar_position_accuracy", "mmstar_invalid"]
 
 
+def fine_tune(params) -> tuple[Path, float]:
+    """Fine-tune ``params.train.base_model`` with ``params`` from scratch (no resume): the model and seconds."""
+    start = time.perf_counter()
+    model = Trainer(params.train, params, DistEnv(), progress=False).fit(pairs_dataset(params),
+                                                                          params.train.base_model, resume=False)
+    return model, time.perf_counter() - start
+
+
 def measure(model: Path, params, eval_dir: str, out: Path) -> dict:
     adapter = load_adapter(model, params.prompts, params.model)
     cfg = params.evaluate.model_copy(update={"data": eval_dir, "report": False, "cache_dir": ""})
@@ -77,10 +85,7 @@ def main() -> None:
                 continue  # measured already: an interrupted sweep goes on
             p = load_params(args.params, args.set + ARMS[arm] + [f"train.seed={seed}", f"train.base_model={args.base}",
                                                                   f"train.output={runs}/{arm}-{seed}"])
-            start = time.perf_counter()
-            model = Trainer(p.train, p, DistEnv(), progress=False).fit(pairs_dataset(p), p.train.base_model,
-                                                                       resume=False)
-            seconds = time.perf_counter() - start
+            model, seconds = fine_tune(p)
             m = measure(model, p, args.eval, runs / f"{arm}-{seed}-metrics")
             results.setdefault(arm, {"overrides": ARMS[arm] + args.set, "seeds": {}})["seeds"][seed] = {
                 **m, "train_seconds": seconds}
