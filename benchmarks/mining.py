@@ -132,7 +132,7 @@ def part_scale(args) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- false negatives
-def _objects(world: Path) -> dict[str, list]:
+def scene_objects(world: Path) -> dict[str, list]:
     """Scene id -> its objects, from the detailed descriptions of the training records."""
     from cafe.data.shapes import objects_from_description
 
@@ -141,7 +141,7 @@ def _objects(world: Path) -> dict[str, list]:
             for r in records if r["kind"] == "detailed"}
 
 
-def _describes(caption: str, caption_scene: list, image_scene: list) -> bool:
+def describes(caption: str, caption_scene: list, image_scene: list) -> bool:
     """Whether ``caption`` (written for ``caption_scene``) is also true of ``image_scene``: the same objects by
     size, colour and shape, and by position when the caption gives positions."""
     positional = " at the " in caption or "in the center" in caption
@@ -220,7 +220,7 @@ def part_false_negatives(args) -> dict:
     image, text = embed_pairs(adapter, pairs, embedding_cache(adapter, "", None), 64)
     timings["embed_s"] = time.perf_counter() - start
     n = len(pairs)
-    scenes = _objects(work / "shapes")
+    scenes = scene_objects(work / "shapes")
     scene = [scenes[pid.rsplit("-", 1)[0]] for pid in pairs.ids]
     keys = PairKeys.build(pairs.captions, pairs.image_sha256, pairs.phash)
     positive = (image * text).sum(1).numpy()
@@ -236,10 +236,10 @@ def part_false_negatives(args) -> dict:
         scores, cand = (t.numpy() for t in exact_topk(queries, keys_emb, args.candidates))
         q = np.arange(n)
         if direction == "i2t":  # candidate j's caption for query i's image
-            truth = np.array([[_describes(pairs.captions[j], scene[j], scene[i]) for j in row]
+            truth = np.array([[describes(pairs.captions[j], scene[j], scene[i]) for j in row]
                               for i, row in enumerate(cand)])
         else:  # query i's caption for candidate j's image
-            truth = np.array([[_describes(pairs.captions[i], scene[i], scene[j]) for j in row]
+            truth = np.array([[describes(pairs.captions[i], scene[i], scene[j]) for j in row]
                               for i, row in enumerate(cand)])
         not_self = cand != q[:, None]
         info = {"false_negatives_among_candidates": int((truth & not_self).sum()),
@@ -291,7 +291,7 @@ def part_swaps(args) -> dict:
     start = time.perf_counter()
     summary = mine(None, cfg, p.train.captions, read_data_version(p.train.data), None)
     timings["mine_s"] = time.perf_counter() - start
-    scenes = _objects(work / "shapes")
+    scenes = scene_objects(work / "shapes")
     pairs = read_pairs(p.train.data, "train", p.train.captions, phash=False)
     written = read_swap_captions(cfg.out)
 
@@ -301,7 +301,7 @@ def part_swaps(args) -> dict:
             return parsed.count is not None and parsed.count[0] == len(scene)
         named = [ShapeObject(o.get("colour"), o.get("shape"), o.get("size"), o.get("position") or "center")
                  for o in parsed.objects]
-        return _describes(text, named, scene) and (parsed.count is None or parsed.count[0] == len(scene))
+        return describes(text, named, scene) and (parsed.count is None or parsed.count[0] == len(scene))
 
     text_rule = {"kept": 0, "false_negatives": 0}
     out = {"kept": 0, "false_negatives": 0}

@@ -24,13 +24,12 @@ import json
 import statistics
 from pathlib import Path
 
-import torch
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from benchmarks._results import default_out, write_result
-from benchmarks.understanding import fine_tune, measure
+from benchmarks.understanding import fine_tune, measure, start_sweep
 from cafe.config import load_params
 
 # key -> (label, alpha_lm, alpha_con); the paper's ratio is alpha_lm / alpha_con, its contrastive term
@@ -76,9 +75,11 @@ def losses(run_dir: Path) -> dict:
     return out
 
 
-def summarise(seeds: list[dict]) -> tuple[dict, dict]:
-    """Mean and sample standard deviation over seeds of every column the seeds all have."""
-    keys = [k for k in COLUMNS + ["loss_con_last", "loss_lm_last"] if seeds and all(k in s for s in seeds)]
+def summarise(seeds: list[dict], columns: list[str] | None = None) -> tuple[dict, dict]:
+    """Mean and sample standard deviation over seeds of every column (default: this table's and the last
+    losses) the seeds all have."""
+    columns = COLUMNS + ["loss_con_last", "loss_lm_last"] if columns is None else columns
+    keys = [k for k in columns if seeds and all(k in s for s in seeds)]
     mean = {k: statistics.fmean(s[k] for s in seeds) for k in keys}
     std = {k: statistics.stdev(s[k] for s in seeds) if len(seeds) > 1 else 0.0 for k in keys}
     return mean, std
@@ -136,19 +137,8 @@ def main() -> None:
     ap.add_argument("--runs", default="runs/tradeoff", help="where the fine-tuned models go")
     ap.add_argument("-s", "--set", action="append", default=[], help="params override for every run")
     ap.add_argument("--out", default=default_out("tradeoff"))
-    args = ap.parse_args()
-    arms = [a for a in args.arms.split(",") if a]
-    unknown = sorted(set(arms) - set(ARMS))
-    if unknown:
-        ap.error(f"unknown arm(s) {unknown}: choose from {', '.join(ARMS)}")
-    import transformers
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-
+    args, arms, results = start_sweep(ap, ARMS)
     out = Path(args.out)
-    results = json.loads(out.read_text()) if out.is_file() else {}
-    results.setdefault("runs", {})
     results["settings"] = {k: getattr(args, k) for k in ("base", "search_eval", "eval", "steps", "seeds", "lrs",
                                                           "temperatures", "set")}
     sweep = Sweep(args, results)

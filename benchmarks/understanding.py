@@ -50,6 +50,24 @@ def fine_tune(params) -> tuple[Path, float]:
     return model, time.perf_counter() - start
 
 
+def start_sweep(ap: argparse.ArgumentParser, known: dict) -> tuple[argparse.Namespace, list[str], dict]:
+    """Parse a sweep's command line (``--arms`` of ``known``: an unknown arm is a usage error naming the known
+    ones), quieten transformers, and read the results an interrupted run left in ``--out``."""
+    args = ap.parse_args()
+    arms = [a for a in args.arms.split(",") if a]
+    unknown = sorted(set(arms) - set(known))
+    if unknown:
+        ap.error(f"unknown arm(s) {unknown}: choose from {', '.join(known)}")
+    import transformers
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.is_file() else {}
+    results.setdefault("runs", {})
+    return args, arms, results
+
+
 def measure(model: Path, params, eval_dir: str, out: Path) -> dict:
     adapter = load_adapter(model, params.prompts, params.model)
     cfg = params.evaluate.model_copy(update={"data": eval_dir, "report": False, "cache_dir": ""})
