@@ -26,7 +26,6 @@ An interrupted run goes on where it stopped (runs already in ``--out`` are not t
 from __future__ import annotations
 
 import argparse
-import statistics
 from pathlib import Path
 
 from rich import box
@@ -160,10 +159,10 @@ def main() -> None:
         rows = [results["runs"][f"{arm}-s{seed}@{args.eval}"] for seed in seeds]
         mean, std = summarise(rows, COLUMNS)
         fn = [m["false_negatives"] for m in results["mining"].values() if m["arm"] == arm]
+        pooled = {d: (sum(f[d]["false_negatives"] for f in fn), sum(f[d]["negatives"] for f in fn))
+                  for d in ("i2t", "t2i")}
         table[arm] = {"label": ARMS[arm][0], "seeds": seeds, "mean": mean, "std": std,
-                      "false_negative_rate": {d: statistics.fmean(f[d]["rate"] for f in fn if f[d]["rate"] is not None)
-                                              if any(f[d]["rate"] is not None for f in fn) else None
-                                              for d in ("i2t", "t2i")}}
+                      "false_negative_rate": {d: false / n if n else None for d, (false, n) in pooled.items()}}
     results["table"] = table
     write_result(out, results)
     print_table(table, len(seeds), args)
