@@ -208,6 +208,20 @@ def _relation(a: ShapeObject, b: ShapeObject) -> str | None:
     return None
 
 
+def position_pairs(objects: list[ShapeObject]) -> list[tuple[ShapeObject, ShapeObject]]:
+    """Ordered pairs of distinct objects whose relation can be asked (they share a row or a column)."""
+    return [(a, b) for a in objects for b in objects if a is not b and _relation(a, b)]
+
+
+def position_question(a: ShapeObject, b: ShapeObject, rng: random.Random) -> tuple[str, str]:
+    """The MMStar-style relative-position question about ``a`` and ``b`` (options shuffled by ``rng``) and
+    its answer letter."""
+    pool = list(RELATIONS)
+    rng.shuffle(pool)
+    question = f"Where is the {a.colour} {a.shape} relative to the {b.colour} {b.shape}?"
+    return f"{question}\n{_options_text(pool)}", LETTERS[pool.index(_relation(a, b))]
+
+
 def choice_question(scene: Scene, category: str, rng: random.Random) -> tuple[str, str] | None:
     """An MMStar-style question ("...?\nOptions: A: ..., B: ...") and its answer letter, or None when the
     scene cannot pose this kind (no object with a unique shape, no pair sharing a row or column)."""
@@ -225,12 +239,10 @@ def choice_question(scene: Scene, category: str, rng: random.Random) -> tuple[st
         distractors += rng.sample(rest, 3 - len(distractors))
         question, truth, pool = f"What colour is the {target.shape}?", target.colour, [target.colour, *distractors]
     elif category == "position":
-        pairs = [(a, b) for a in objs for b in objs if a is not b and _relation(a, b)]
+        pairs = position_pairs(objs)
         if not pairs:
             return None
-        a, b = rng.choice(pairs)
-        question = f"Where is the {a.colour} {a.shape} relative to the {b.colour} {b.shape}?"
-        truth, pool = _relation(a, b), list(RELATIONS)
+        return position_question(*rng.choice(pairs), rng)
     else:
         raise ValueError(f"unknown choice category {category!r}; known: {CHOICE_CATEGORIES}")
     rng.shuffle(pool)
