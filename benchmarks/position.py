@@ -103,7 +103,9 @@ def main() -> None:
                           "position_in_pretraining": sum("relative to the" in s.prompt for s in samples)}
     for arm, n, lr in zip(arms, steps, lrs):
         key = f"{arm}-{n}@{lr:g}"
-        if key in results["runs"]:
+        if key in results["runs"]:  # trained before: only what an older run did not record
+            if "loss_lm_last" not in results["runs"][key] and (runs / key / "train_log.jsonl").is_file():
+                results["runs"][key].update(losses(runs / key))
             continue
         cfg = pretrain_config(params)
         cfg = cfg.model_copy(update={"max_steps": n, "output": str(runs / key), "save_every": 0,
@@ -112,11 +114,21 @@ def main() -> None:
         model = Trainer(cfg, language_stage_params(params), DistEnv(), progress=False).fit(
             samples + extra if arm == "mix" else extra, args.base, resume=False)
         row = {"arm": arm, "label": ARMS[arm], "steps": n, "lr": lr, "train_seconds": time.perf_counter() - start}
-        results["runs"][key] = {**row, **measure(model, params, args.eval, runs / f"{key}-metrics")}
+        results["runs"][key] = {**row, **losses(runs / key), **measure(model, params, args.eval, runs / f"{key}-metrics")}
         write_result(args.out, results)
-    print(f"{'run':<22}" + "".join(f"{c.replace('mmstar_', '').replace('_accuracy', ''):>12}" for c in COLUMNS))
+    write_result(args.out, results)
+    heads = ["MMStar", "colour", "counting", "position", "invalid", "POPE acc", "abs. pos.", "L_lm first", "L_lm last"]
+    print(f"{'run':<18}" + "".join(f"{h:>11}" for h in heads))
     for key, row in results["runs"].items():
-        print(f"{key:<22}" + "".join(f"{row.get(c, float('nan')):>12.3f}" for c in COLUMNS))
+        cells = [row.get(c, float("nan")) for c in [*COLUMNS, "loss_lm_first", "loss_lm_last"]]
+        print(f"{key:<18}" + "".join(f"{c:>11.3f}" for c in cells))
+
+
+def losses(run: Path, window: int = 50) -> dict:
+    """Mean L_lm of the first and the last ``window`` steps of a run's train_log.jsonl: whether it learnt."""
+    rows = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines() if line.strip()]
+    lm = [r["loss_lm"] for r in rows if "loss_lm" in r]
+    return {"loss_lm_first": sum(lm[:window]) / len(lm[:window]), "loss_lm_last": sum(lm[-window:]) / len(lm[-window:])}
 
 
 if __name__ == "__main__":
