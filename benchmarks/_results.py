@@ -58,6 +58,12 @@ def write_result(out: str | Path, result: dict) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staged = out.with_name(out.name + ".tmp")
-    staged.write_text(json.dumps({**provenance(), **result}, indent=1) + "\n")
+    fresh = provenance()
+    # a resumed sweep passes back what it read from ``out``: its provenance is this run's, and the commits the
+    # rows already there were made at are kept
+    earlier = set(result.get("earlier_commits", [])) | ({result["commit"]} if result.get("commit") else set())
+    earlier.discard(fresh["commit"])
+    record = {**result, **fresh, **({"earlier_commits": sorted(earlier)} if earlier else {})}
+    staged.write_text(json.dumps(record, indent=1) + "\n")
     staged.replace(out)
     return out

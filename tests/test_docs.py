@@ -123,6 +123,9 @@ def test_benchmark_results_record_command_and_commit(tmp_path, monkeypatch):
         "python -m benchmarks.tradeoff --steps 10")
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     assert record["commit"] == head and isinstance(record["uncommitted_changes"], list)
+    # a resumed sweep writes back what it read: the provenance is the new run's, the older commit is kept
+    resumed = json.loads(write_result(tmp_path / "r.json", {**record, "commit": "0" * 40, "date": "then"}).read_text())
+    assert resumed["commit"] == head and resumed["date"] != "then" and resumed["earlier_commits"] == ["0" * 40]
 
 
 def test_committed_results_name_their_command_and_commit():
