@@ -24,14 +24,13 @@ import random
 import time
 from pathlib import Path
 
+from benchmarks import understanding
 from benchmarks._results import default_out, write_result
-from benchmarks.understanding import start_sweep
+from benchmarks.tradeoff import losses
 from cafe.config import load_params
 from cafe.data.samples import Sample, load_instruction_samples
 from cafe.data.shapes import objects_from_description, position_pairs, position_question
 from cafe.distributed import DistEnv
-from cafe.evaluation.evaluate import evaluate
-from cafe.models import load_adapter
 from cafe.training.pretrain import language_stage_params, pretrain_config
 from cafe.training.trainer import Trainer
 
@@ -69,10 +68,8 @@ def absolute_position_accuracy(descriptions: Path, annotations: Path) -> tuple[f
 
 
 def measure(model: str | Path, params, eval_dir: str, out: Path) -> dict:
-    adapter = load_adapter(model, params.prompts, params.model)
-    cfg = params.evaluate.model_copy(update={"data": eval_dir, "report": False, "cache_dir": "",
-                                             "parts": ["mmstar", "pope", "throne"]})
-    metrics = evaluate(adapter, cfg, params.prompts, out)
+    """The main job's understanding measurement (``params.evaluate.parts``), plus the absolute positions."""
+    metrics = understanding.measure(Path(model), params, eval_dir, out)
     accuracy, named = absolute_position_accuracy(out / "descriptions.jsonl", Path(eval_dir) / "annotations.json")
     return {**{k: metrics[k] for k in COLUMNS if k in metrics}, "absolute_position_accuracy": accuracy,
             "objects_named": named}
@@ -88,11 +85,12 @@ def main() -> None:
     ap.add_argument("--lr", default="1e-3,2e-3", help="peak learning rate, one per arm")
     ap.add_argument("--runs", default="runs/position")
     ap.add_argument("--out", default=default_out("position_spike"))
-    args, arms, results = start_sweep(ap, ARMS)
+    args, arms, results = understanding.start_sweep(ap, ARMS)
     steps, lrs = [int(s) for s in args.steps.split(",")], [float(x) for x in args.lr.split(",")]
     if not len(steps) == len(lrs) == len(arms):
         ap.error(f"--steps and --lr need one value per arm ({len(arms)})")
     params = load_params(args.params, [])
+    params.evaluate.parts = ["mmstar", "pope", "throne"]  # the descriptions the absolute positions are read from
     runs = Path(args.runs)
     if "base" not in results["runs"]:
         results["runs"]["base"] = {"arm": "base", **measure(args.base, params, args.eval, runs / "base-metrics")}
@@ -103,9 +101,7 @@ def main() -> None:
                           "position_in_pretraining": sum("relative to the" in s.prompt for s in samples)}
     for arm, n, lr in zip(arms, steps, lrs):
         key = f"{arm}-{n}@{lr:g}"
-        if key in results["runs"]:  # trained before: only what an older run did not record
-            if "loss_lm_last" not in results["runs"][key] and (runs / key / "train_log.jsonl").is_file():
-                results["runs"][key].update(losses(runs / key))
+        if key in results["runs"]:
             continue
         cfg = pretrain_config(params)
         cfg = cfg.model_copy(update={"max_steps": n, "output": str(runs / key), "save_every": 0,
@@ -114,7 +110,8 @@ def main() -> None:
         model = Trainer(cfg, language_stage_params(params), DistEnv(), progress=False).fit(
             samples + extra if arm == "mix" else extra, args.base, resume=False)
         row = {"arm": arm, "label": ARMS[arm], "steps": n, "lr": lr, "train_seconds": time.perf_counter() - start}
-        results["runs"][key] = {**row, **losses(runs / key), **measure(model, params, args.eval, runs / f"{key}-metrics")}
+        metrics = measure(model, params, args.eval, runs / f"{key}-metrics")
+        results["runs"][key] = {**row, **losses(runs / key, window=50), **metrics}
         write_result(args.out, results)
     write_result(args.out, results)
     heads = ["MMStar", "colour", "counting", "position", "invalid", "POPE acc", "abs. pos.", "L_lm first", "L_lm last"]
@@ -122,13 +119,6 @@ def main() -> None:
     for key, row in results["runs"].items():
         cells = [row.get(c, float("nan")) for c in [*COLUMNS, "loss_lm_first", "loss_lm_last"]]
         print(f"{key:<18}" + "".join(f"{c:>11.3f}" for c in cells))
-
-
-def losses(run: Path, window: int = 50) -> dict:
-    """Mean L_lm of the first and the last ``window`` steps of a run's train_log.jsonl: whether it learnt."""
-    rows = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines() if line.strip()]
-    lm = [r["loss_lm"] for r in rows if "loss_lm" in r]
-    return {"loss_lm_first": sum(lm[:window]) / len(lm[:window]), "loss_lm_last": sum(lm[-window:]) / len(lm[-window:])}
 
 
 if __name__ == "__main__":

@@ -63,15 +63,15 @@ def grid(arm: str, lrs: list[float], temperatures: list[float]) -> list[tuple[fl
     return [(lr, t) for lr in lrs for t in temperatures]
 
 
-def losses(run_dir: Path) -> dict:
-    """The first and last 10 logged steps' mean L_con and L_lm of a run (its ``train_log.jsonl``)."""
+def losses(run_dir: Path, window: int = 10) -> dict:
+    """The first and last ``window`` logged steps' mean L_con and L_lm of a run (its ``train_log.jsonl``)."""
     rows = [json.loads(line) for line in (run_dir / "train_log.jsonl").read_text().splitlines() if line.strip()]
     out = {}
     for term in ("loss_con", "loss_lm"):
         values = [r[term] for r in rows if r.get(term) is not None]
         if values:
-            out[f"{term}_first"] = statistics.fmean(values[:10])
-            out[f"{term}_last"] = statistics.fmean(values[-10:])
+            out[f"{term}_first"] = statistics.fmean(values[:window])
+            out[f"{term}_last"] = statistics.fmean(values[-window:])
     return out
 
 
