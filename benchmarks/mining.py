@@ -3,12 +3,14 @@ each false-negative rule is right, against the shapes world's ground truth.
 
 Parts (``--parts``):
 
-- ``scale``: mining (search in both directions + the rules + choosing k) on random L2-normalised embeddings
-  (texts = images + noise, so each positive scores high), one fresh process per size so its peak memory is
-  its own. Exact chunked search at each ``--exact`` size; at ``--approximate`` sizes a faiss IVF index is
-  built on all pairs and searched for ``--approx-queries`` queries (searching every query of 1M pairs on
-  two cores would take hours): the time of the whole run is projected from that share (labelled
-  ``projected``), and recall is measured against exact search on 1,000 of them.
+- ``scale``: the whole of mining (search in both directions + the rules + choosing k, the stage's own
+  ``mine_embeddings``) on synthetic L2-normalised embeddings (texts = images + noise, so each positive scores
+  high; a ``--latent``-dimensional structure, as a model's embeddings have), one fresh process per size so its
+  peak memory is its own: exact chunked search at each ``--exact`` size, the approximate index
+  (``--index``, HNSW by default) at each ``--approximate`` size, its recall measured against exact search on
+  1,000 queries and widened to ``--recall-target`` before every query is searched. At ``--curve`` sizes, on
+  isotropic embeddings (no structure at all, the worst case), the index's recall and time per query at each
+  search breadth (``--breadths``), on 1,000 queries.
 - ``false_negatives``: a shapes world (``--train-images``), its pairs, a miner trained here with L_con only
   for ``--steps`` steps from a fresh tiny model (or ``--model DIR``), its ``--candidates`` neighbours per
   pair in each direction, and every candidate judged against the world: a caption describes an image when
@@ -44,66 +46,70 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _random_pairs(n: int, dim: int, seed: int = 0):
+def _random_pairs(n: int, dim: int, latent: int = 0, seed: int = 0):
+    """``n`` L2-normalised (image, text) embeddings, texts = images + noise so each positive scores high.
+    ``latent`` 0: isotropic (no structure: the worst case of an approximate index); otherwise a ``latent``-d
+    Gaussian mapped linearly into ``dim`` plus a little noise, the low intrinsic dimension of a model's
+    embeddings."""
     import torch
     import torch.nn.functional as F
 
     g = torch.Generator().manual_seed(seed)
-    image = F.normalize(torch.randn(n, dim, generator=g), dim=1)
+    if latent:
+        image = torch.randn(n, latent, generator=g) @ torch.randn(latent, dim, generator=g)
+        image = F.normalize(image + 0.1 * latent ** 0.5 * torch.randn(n, dim, generator=g), dim=1)
+    else:
+        image = F.normalize(torch.randn(n, dim, generator=g), dim=1)
     text = F.normalize(image + 0.8 * torch.randn(n, dim, generator=g) / dim ** 0.5 * 2, dim=1)
     return image, text
 
 
 def scale_scenario(args) -> dict:
-    """One size in this process (``--scenario N``)."""
+    """One size in this process (``--scenario N``): ``--method exact`` or ``approximate`` runs the whole of
+    mining (search both ways, the rules, the choice of k) through :func:`cafe.mining.run.mine_embeddings`;
+    ``curve`` builds the index and measures recall and time per query at each search breadth on a sample."""
     import numpy as np
     import torch
 
     from cafe.config import MineConfig
-    from cafe.mining.rules import PairKeys, reasons, select
+    from cafe.mining.rules import PairKeys
     from cafe.mining.run import mine_embeddings
-    from cafe.mining.search import exact_topk, faiss_index, faiss_topk, recall
+    from cafe.mining.search import build_index, exact_topk, index_topk, recall, set_breadth
 
     torch.set_num_threads(args.threads)
+    if args.method != "exact":
+        import faiss
+
+        faiss.omp_set_num_threads(args.threads)
     n = args.scenario
-    image, text = _random_pairs(n, args.dim)
+    latent = 0 if args.method == "curve" else args.latent
+    image, text = _random_pairs(n, args.dim, latent)
     rng = np.random.default_rng(0)
     keys = PairKeys(np.arange(n, dtype=np.int64), np.arange(n, dtype=np.int64),
                     rng.integers(0, 2**63, size=n, dtype=np.int64).astype(np.uint64))
     embeddings_mb = _peak_mb()
-    cfg = MineConfig(k=args.k, candidates=args.candidates, index="exact", chunk=args.chunk, progress=False)
-    out = {"pairs": n, "dim": args.dim, "k": args.k, "candidates": args.candidates, "threads": args.threads}
+    cfg = MineConfig(k=args.k, candidates=args.candidates, index="exact" if args.method == "exact" else args.index,
+                     chunk=args.chunk, recall_target=args.recall_target, progress=False)
+    out = {"pairs": n, "dim": args.dim, "embeddings": f"latent-{latent}" if latent else "isotropic", "k": args.k,
+           "candidates": args.candidates, "threads": args.threads, "run": args.method}
     start = time.perf_counter()
-    if args.method == "exact":
-        mined = mine_embeddings(image, text, keys, cfg)
-        out.update(index="exact", seconds=time.perf_counter() - start, recall=1.0, chunk=args.chunk,
-                   kept_i2t=mined["i2t"][2]["kept"], search_s={d: v["seconds"] for d, v in mined["search"].items()})
+    if args.method == "curve":
+        index = build_index(text, args.index, cfg)
+        out.update(index=args.index, build_s=time.perf_counter() - start, curve=[])
+        pick = torch.from_numpy(rng.choice(n, size=1000, replace=False))
+        _, truth = exact_topk(image[pick], text, args.candidates, args.chunk)
+        for width in args.breadths:
+            set_breadth(index, width)
+            t0 = time.perf_counter()
+            _, found = index_topk(index, image[pick], args.candidates)
+            out["curve"].append({"breadth": width, "recall": recall(found, truth),
+                                 "ms_per_query": 1000 * (time.perf_counter() - t0) / len(pick)})
     else:
-        import faiss
-
-        faiss.omp_set_num_threads(args.threads)
-        q = min(args.approx_queries, n)
-        pick = torch.from_numpy(rng.choice(n, size=q, replace=False))
-        t0 = time.perf_counter()
-        index = faiss_index(text, args.nlist, args.nprobe)
-        build_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        scores, indices = faiss_topk(image[pick], text, args.candidates, index=index)
-        search_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        # the rules and the choice of k on the measured queries
-        positive = (image[pick] * text[pick]).sum(1).numpy()
-        why = reasons(pick.numpy(), indices.numpy(), scores.numpy(), positive, keys,
-                      ["caption", "image_hash", "near_duplicate", "margin"], 0.05, 4, None)
-        select(indices.numpy(), scores.numpy(), why, args.k, False, rng)
-        rules_s = time.perf_counter() - t0
-        check = min(1000, q)
-        _, truth = exact_topk(image[pick[:check]], text, args.candidates, args.chunk)
-        # two directions, each: one build, then search and rules for all n queries at the measured rate
-        out.update(index="faiss-ivf", nlist=args.nlist, nprobe=args.nprobe, measured_queries=q, build_s=build_s,
-                   search_per_query_ms=1000 * search_s / q, rules_per_query_ms=1000 * rules_s / q,
-                   recall=recall(indices[:check], truth), recall_queries=check,
-                   seconds_projected=2 * (build_s + (search_s + rules_s) * n / q))
+        mined = mine_embeddings(image, text, keys, cfg)
+        search = mined["search"]
+        out.update(index=search["i2t"]["index"], seconds=time.perf_counter() - start,
+                   recall=min(d["recall"] for d in search.values()), kept_i2t=mined["i2t"][2]["kept"],
+                   search=search)
     out["peak_rss_mb"] = _peak_mb()
     out["embeddings_rss_mb"] = embeddings_mb
     return out
@@ -111,23 +117,28 @@ def scale_scenario(args) -> dict:
 
 def part_scale(args) -> list[dict]:
     rows = []
-    runs = [(n, "exact") for n in args.exact] + [(n, "faiss") for n in args.approximate]
+    runs = ([(n, "exact") for n in args.exact] + [(n, "approximate") for n in args.approximate]
+            + [(n, "curve") for n in args.curve])
     for n, method in runs:
-        if method == "faiss":
+        if method != "exact":
             from cafe.mining.search import faiss_available
 
             if not faiss_available():
-                rows.append({"pairs": n, "index": "faiss-ivf", "skipped": "faiss not installed"})
+                rows.append({"pairs": n, "index": args.index, "run": method, "skipped": "faiss not installed"})
                 continue
-        cmd = [sys.executable, "-m", "benchmarks.mining", "--scenario", str(n), "--method", method, "--dim", str(args.dim),
-               "--k", str(args.k), "--candidates", str(args.candidates), "--chunk", str(args.chunk),
-               "--threads", str(args.threads), "--nlist", str(args.nlist), "--nprobe", str(args.nprobe),
-               "--approx-queries", str(args.approx_queries)]
+        cmd = [sys.executable, "-m", "benchmarks.mining", "--scenario", str(n), "--method", method]
+        for name in ("dim", "k", "candidates", "chunk", "threads", "latent", "index", "recall-target"):
+            cmd += [f"--{name}", str(getattr(args, name.replace("-", "_")))]
+        cmd += ["--breadths", *map(str, args.breadths)]
         done = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
         row = json.loads(done.stdout.strip().splitlines()[-1])
         rows.append(row)
-        print(f"  {n} pairs, {row['index']}: {row.get('seconds', row.get('seconds_projected')):.1f}s, "
-              f"peak {row['peak_rss_mb']:.0f} MB, recall {row['recall']:.3f}", flush=True)
+        if method == "curve":
+            print(f"  {n} pairs, {row['index']} recall curve ({row['embeddings']}): "
+                  + ", ".join(f"{c['breadth']}: {c['recall']:.3f}" for c in row["curve"]), flush=True)
+        else:
+            print(f"  {n} pairs, {row['index']} ({row['embeddings']}): {row['seconds']:.1f}s, "
+                  f"peak {row['peak_rss_mb']:.0f} MB, recall {row['recall']:.3f}", flush=True)
     return rows
 
 
@@ -332,15 +343,19 @@ def _print_swaps(sw: dict) -> None:
 
 
 def _print_scale(rows: list[dict]) -> None:
-    print(f"\n{'pairs':>9} {'index':>10} {'seconds':>10} {'peak MB':>9} {'recall':>7}")
+    print(f"\n{'pairs':>9} {'embeddings':>11} {'index':>6} {'seconds':>9} {'peak MB':>8} {'recall':>7}  search")
     for r in rows:
         if "skipped" in r:
-            print(f"{r['pairs']:>9} {r['index']:>10}   skipped: {r['skipped']}")
-            continue
-        secs = f"{r['seconds']:.1f}" if "seconds" in r else f"~{r['seconds_projected']:.0f}*"
-        print(f"{r['pairs']:>9} {r['index']:>10} {secs:>10} {r['peak_rss_mb']:>9.0f} {r['recall']:>7.3f}")
-    if any("seconds_projected" in r for r in rows):
-        print("* projected from a measured share of the queries (see measured_queries)")
+            print(f"{r['pairs']:>9} {r['index']:>18}   skipped: {r['skipped']}")
+        elif r["run"] == "curve":
+            curve = ", ".join(f"{c['breadth']}: {c['recall']:.3f} ({c['ms_per_query']:.2f} ms/q)" for c in r["curve"])
+            print(f"{r['pairs']:>9} {r['embeddings']:>11} {r['index']:>6}  build {r['build_s']:.0f}s; recall by "
+                  f"breadth on 1,000 queries: {curve}")
+        else:
+            how = "; ".join(f"{d} {v['seconds']:.0f}s" + (f" (build {v['build_s']:.0f}s, breadth {v['breadth']})"
+                                                          if "breadth" in v else "") for d, v in r["search"].items())
+            print(f"{r['pairs']:>9} {r['embeddings']:>11} {r['index']:>6} {r['seconds']:>9.1f} "
+                  f"{r['peak_rss_mb']:>8.0f} {r['recall']:>7.3f}  {how}")
 
 
 def _print_fn(fn: dict) -> None:
@@ -364,9 +379,13 @@ PARTS = {"scale": (part_scale, _print_scale), "false_negatives": (part_false_neg
 # --name, default (a list: any number of values), other argparse keywords
 OPTIONS = (
     ("parts", ["scale", "false_negatives"], {"nargs": "+", "choices": list(PARTS)}),
-    ("exact", [10_000, 100_000], {}), ("approximate", [1_000_000], {}), ("dim", 128, {}), ("k", 4, {}),
-    ("candidates", 64, {}), ("chunk", 4096, {}), ("threads", 2, {}), ("nlist", 1024, {}), ("nprobe", 16, {}),
-    ("approx-queries", 20_000, {}), ("train-images", 2000, {}), ("steps", 150, {}), ("batch-size", 32, {}),
+    ("exact", [10_000, 100_000], {}), ("approximate", [1_000_000], {}),
+    ("curve", [1_000_000], {"help": "sizes at which to measure recall by search breadth on isotropic embeddings"}),
+    ("latent", 16, {"help": "intrinsic dimension of the scale part's embeddings (0: isotropic)"}),
+    ("index", "hnsw", {"choices": ["hnsw", "ivf"]}), ("recall-target", 0.95, {}),
+    ("breadths", [128, 256, 512, 1024, 2048, 4096], {}), ("dim", 128, {}), ("k", 4, {}),
+    ("candidates", 64, {}), ("chunk", 4096, {}), ("threads", 2, {}),
+    ("train-images", 2000, {}), ("steps", 150, {}), ("batch-size", 32, {}),
     ("margin", 0.05, {}),
     ("margins", [-1.0, 0.0, 0.01, 0.02], {"help": "further margins for the all-rules arm (-1: a margin that drops "
                                                    "nothing)"}),

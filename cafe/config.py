@@ -314,11 +314,19 @@ class MineConfig(_Section):
     near_duplicate_distance: int = Field(4, ge=0, le=32)
     # sample the k negatives at random from neighbour ranks [lo, hi) instead of taking the hardest survivors
     rank_range: Optional[tuple[int, int]] = None
-    index: Literal["auto", "exact", "faiss"] = "auto"  # auto: exact up to exact_limit pairs, faiss beyond
+    # auto: exact up to exact_limit pairs, a faiss HNSW graph beyond; ivf: a faiss inverted-file index
+    index: Literal["auto", "exact", "hnsw", "ivf"] = "auto"
     exact_limit: int = Field(100_000, ge=1)
     chunk: int = Field(4096, ge=1)  # rows per block of the exact search (memory ~ chunk^2 floats)
-    nlist: int = Field(0, ge=0)  # faiss IVF lists; 0 = about 4 sqrt(n)
-    nprobe: int = Field(32, ge=1)
+    hnsw_m: int = Field(32, ge=4)  # graph links per node
+    ef_construction: int = Field(64, ge=8)
+    ef_search: int = Field(128, ge=1)  # HNSW search breadth to start from (doubled until recall_target)
+    nlist: int = Field(0, ge=0)  # IVF lists; 0 = about 4 sqrt(n)
+    nprobe: int = Field(32, ge=1)  # IVF lists searched to start from (doubled until recall_target)
+    # approximate search: recall@candidates measured against exact search on recall_sample queries; the search
+    # widens until it reaches recall_target (0 = take the starting breadth as it is)
+    recall_target: float = Field(0.95, ge=0, le=1)
+    recall_sample: int = Field(1000, ge=1)
     batch_size: int = Field(64, ge=1)  # embedding batch
     cache_dir: str = ".cache/cafe/embeddings"  # "" = never cache embeddings
     seed: int = 0

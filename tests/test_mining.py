@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from cafe.config import MineConfig
 from cafe.data.shards import read_data_version
 from cafe.mining.rules import KEEP, ORDER, PairKeys, count, hamming, reasons, select
-from cafe.mining.search import exact_topk, faiss_available, search
+from cafe.mining.search import exact_topk, faiss_available, recall, search
 from cafe.mining.shards import read_negatives, read_version
 from tests.conftest import make_adapter, pairs
 
@@ -39,12 +39,60 @@ def test_k_above_the_number_of_keys_returns_every_key():
     assert sorted(indices[0].tolist()) == [0, 1, 2]
 
 
-@pytest.mark.skipif(not faiss_available(), reason="faiss-cpu not installed (pip install 'cafe[mining]')")
-def test_faiss_recall_is_measured_against_exact():
-    queries = keys = _unit(2000, 32, 4)
-    _, _, info = search(queries, keys, 10, method="faiss", nprobe=64, recall_sample=200)
-    assert info["index"] == "faiss" and info["recall_queries"] == 200
-    assert info["recall"] > 0.9
+needs_faiss = pytest.mark.skipif(not faiss_available(), reason="faiss-cpu not installed (pip install 'cafe[mining]')")
+
+
+def _clustered(n: int, d: int, latent: int, seed: int) -> torch.Tensor:
+    # embeddings with structure, as a model's are: a low-dimensional latent mapped into d dimensions
+    g = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(n, latent, generator=g) @ torch.randn(latent, d, generator=g)
+                       + 0.1 * torch.randn(n, d, generator=g), dim=1)
+
+
+@needs_faiss
+@pytest.mark.parametrize("index", ["hnsw", "ivf"])
+def test_approximate_recall_is_measured_against_exact_and_holds_for_all_queries(index):
+    keys = _clustered(3000, 32, 6, 4)
+    queries = F.normalize(keys + 0.05 * torch.randn(keys.shape, generator=torch.Generator().manual_seed(5)), dim=1)
+    cfg = MineConfig(index=index, recall_target=0.9, recall_sample=200, ef_search=8, nprobe=1, progress=False)
+    _, indices, info = search(queries, keys, 10, cfg)
+    assert info["index"] == index and info["recall_queries"] == 200 and info["target_met"]
+    assert info["recall"] >= 0.9
+    # the sample's recall speaks for every query: measured on all of them, it is within a few points
+    _, truth = exact_topk(queries, keys, 10)
+    assert recall(indices, truth) >= info["recall"] - 0.05
+
+
+@needs_faiss
+def test_search_widens_until_the_recall_target_and_not_without_one():
+    keys = queries = _unit(2000, 32, 6)  # random: the hardest case for an approximate index
+    cfg = dict(index="ivf", nlist=16, nprobe=1, recall_sample=100, progress=False)
+    _, _, narrow = search(queries, keys, 10, MineConfig(**cfg, recall_target=0))
+    assert [t["breadth"] for t in narrow["tried"]] == [1] and narrow["recall"] < 0.9
+    _, _, wide = search(queries, keys, 10, MineConfig(**cfg, recall_target=1.0))
+    # nprobe 1, 2, 4, 8, 16 lists: probing all 16 lists is exact search
+    assert [t["breadth"] for t in wide["tried"]] == [1, 2, 4, 8, 16]
+    assert wide["recall"] == 1.0 and wide["breadth"] == 16 and wide["target_met"]
+
+
+@needs_faiss
+def test_a_recall_target_out_of_reach_is_reported_not_hidden(monkeypatch, caplog):
+    from cafe.mining import search as search_module
+
+    monkeypatch.setattr(search_module, "MAX_BREADTH", 16)
+    keys = queries = _unit(3000, 64, 7)
+    cfg = MineConfig(index="hnsw", hnsw_m=4, ef_search=4, recall_target=1.0, recall_sample=100, progress=False)
+    _, _, info = search(queries, keys, 32, cfg, desc="mine: search i2t")
+    assert not info["target_met"] and info["breadth"] == 16 and info["recall"] < 1.0
+    assert "below mine.recall_target" in caplog.text and "mine: search i2t" in caplog.text
+
+
+def test_an_index_the_config_does_not_know_is_refused():
+    from cafe.config import ConfigError, load_params
+
+    with pytest.raises(ConfigError, match=r"mine\.index: must be one of 'auto', 'exact', 'hnsw' or 'ivf' "
+                                          r"\(got 'faiss'\)"):
+        load_params("params.yaml", ["mine.index=faiss"])
 
 
 def test_hamming_counts_bits():

@@ -27,8 +27,7 @@ def mine_embeddings(image: torch.Tensor, text: torch.Tensor, keys: PairKeys, cfg
     result, searched = {}, {}
     for direction, (queries, keys_emb) in (("i2t", (image, text)), ("t2i", (text, image))):
         start = time.perf_counter()
-        scores, indices, info = search(queries, keys_emb, cfg.candidates, cfg.index, cfg.exact_limit, cfg.chunk,
-                                       cfg.nlist, cfg.nprobe, cfg.seed, cfg.progress, f"mine: search {direction}")
+        scores, indices, info = search(queries, keys_emb, cfg.candidates, cfg, f"mine: search {direction}")
         searched[direction] = {**info, "seconds": round(time.perf_counter() - start, 3)}
         result[direction] = mine_direction((scores, indices), positive, keys, cfg.k, list(cfg.rules), cfg.margin,
                                            cfg.near_duplicate_distance, cfg.rank_range, cfg.seed)
@@ -137,4 +136,6 @@ def print_summary(summary: dict, out: str, console) -> None:
         table.add_row(label, *(str(info[name]) for info in summary["directions"].values()))
     console.print(table)
     for direction, info in summary["search"].items():
-        console.print(f"{direction}: {info['index']} search, recall {info['recall']:.3f}, {info['seconds']:.2f}s")
+        wide = f" (breadth {info['breadth']}, target {info['recall_target']})" if "breadth" in info else ""
+        console.print(f"{direction}: {info['index']} search, recall {info['recall']:.3f}{wide}, "
+                      f"{info['seconds']:.2f}s")

@@ -1,5 +1,6 @@
-"""Nearest-neighbour search for mining: exact top-k in blocks (bounded memory), or a faiss IVF index beyond
-``mine.exact_limit`` pairs, whose recall is measured against exact search on a sample of queries.
+"""Nearest-neighbour search for mining: exact top-k in blocks (bounded memory) up to ``mine.exact_limit`` pairs,
+a faiss index beyond (HNSW by default, IVF selectable), whose recall is measured against exact search on a
+sample of queries and raised to ``mine.recall_target`` by searching wider before every query is searched.
 
 Embeddings are L2-normalised, so inner product is cosine similarity. The exact search holds one
 ``chunk x chunk`` block of scores and the running top-k of one chunk of queries at a time: memory is
@@ -8,11 +9,18 @@ Embeddings are L2-normalised, so inner product is cosine similarity. The exact s
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from cafe.config import MineConfig
+
+log = logging.getLogger(__name__)
+MAX_BREADTH = 4096  # the widest HNSW efSearch tried while raising recall (IVF: every list)
 
 
 def exact_topk(queries: torch.Tensor, keys: torch.Tensor, k: int, chunk: int = 4096,
@@ -47,30 +55,62 @@ def faiss_available() -> bool:
     return True
 
 
-def faiss_index(keys: torch.Tensor, nlist: int = 0, nprobe: int = 32, seed: int = 0):
-    """A faiss inverted-file index (inner product) over ``keys``, trained on a sample of them; ``nlist`` 0 =
-    about ``4 sqrt(n)`` lists."""
+def _faiss():
     try:
         import faiss
     except ImportError:
-        raise ImportError("mine.index=faiss needs faiss: pip install 'cafe[mining]' (faiss-cpu)") from None
+        raise ImportError("mine.index hnsw / ivf needs faiss: pip install 'cafe[mining]' (faiss-cpu), "
+                          "or set mine.index: exact") from None
+    return faiss
+
+
+def build_index(keys: torch.Tensor, kind: str, cfg: MineConfig):
+    """A faiss inner-product index over ``keys``: ``hnsw`` (a graph of ``mine.hnsw_m`` links per node; no
+    training) or ``ivf`` (``mine.nlist`` lists, 0 = about ``4 sqrt(n)``, trained on a sample of the keys).
+    Its search breadth starts at ``mine.ef_search`` / ``mine.nprobe``."""
+    faiss = _faiss()
     x = np.ascontiguousarray(keys.float().numpy())
     n, dim = x.shape
-    nlist = nlist or max(1, min(n // 39, int(4 * math.sqrt(n))))
-    quantizer = faiss.IndexFlatIP(dim)
-    index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-    index.train(x[np.random.default_rng(seed).choice(n, size=min(n, 64 * nlist), replace=False)])
-    index.add(x)
-    index.nprobe = min(nprobe, nlist)
+    if kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = cfg.ef_construction
+        index.add(x)
+    elif kind == "ivf":
+        nlist = cfg.nlist or max(1, min(n // 39, int(4 * math.sqrt(n))))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.train(x[np.random.default_rng(cfg.seed).choice(n, size=min(n, 64 * nlist), replace=False)])
+        index.add(x)
+    else:
+        raise ValueError(f"mine.index {kind!r}: use auto, exact, hnsw or ivf")
+    set_breadth(index, cfg.ef_search if kind == "hnsw" else cfg.nprobe)
     return index
 
 
-def faiss_topk(queries: torch.Tensor, keys: torch.Tensor, k: int, nlist: int = 0, nprobe: int = 32,
-               seed: int = 0, index=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Approximate ``(scores, indices)`` from :func:`faiss_index` (built here unless ``index`` is given)."""
-    index = index if index is not None else faiss_index(keys, nlist, nprobe, seed)
-    scores, indices = index.search(np.ascontiguousarray(queries.float().numpy()), min(k, len(keys)))
-    return torch.from_numpy(scores), torch.from_numpy(indices).long()
+def breadth(index) -> int:
+    """How widely ``index`` searches: HNSW's efSearch, IVF's nprobe."""
+    return int(index.hnsw.efSearch) if hasattr(index, "hnsw") else int(index.nprobe)
+
+
+def set_breadth(index, value: int) -> int:
+    """Set the search breadth, capped (efSearch at :data:`MAX_BREADTH`, nprobe at the number of lists)."""
+    if hasattr(index, "hnsw"):
+        index.hnsw.efSearch = value = min(value, MAX_BREADTH)
+    else:
+        index.nprobe = value = min(value, index.nlist)
+    return value
+
+
+def index_topk(index, queries: torch.Tensor, k: int, progress: bool = False, desc: str = "search",
+               block: int = 16384) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scores, indices)`` of the ``k`` best keys per query from a faiss ``index``, in blocks (a progress bar)."""
+    k = min(k, index.ntotal)
+    scores = torch.empty(len(queries), k, dtype=torch.float32)
+    indices = torch.empty(len(queries), k, dtype=torch.long)
+    for lo in tqdm(range(0, len(queries), block), desc=desc, unit="block", disable=not progress, leave=False,
+                   mininterval=1.0):
+        s, i = index.search(np.ascontiguousarray(queries[lo:lo + block].float().numpy()), k)
+        scores[lo:lo + len(s)], indices[lo:lo + len(s)] = torch.from_numpy(s), torch.from_numpy(i).long()
+    return scores, indices
 
 
 def recall(approx: torch.Tensor, exact: torch.Tensor) -> float:
@@ -79,21 +119,44 @@ def recall(approx: torch.Tensor, exact: torch.Tensor) -> float:
     return float(sum(hits) / max(1, exact.numel()))
 
 
-def search(queries: torch.Tensor, keys: torch.Tensor, k: int, method: str = "auto", exact_limit: int = 100_000,
-           chunk: int = 4096, nlist: int = 0, nprobe: int = 32, seed: int = 0, progress: bool = False,
-           desc: str = "search", recall_sample: int = 1000) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """Top-k by ``method`` ("exact", "faiss", or "auto": exact up to ``exact_limit`` keys); returns the scores,
-    the indices and what was used (``{"index", "recall"}``: recall against exact search on ``recall_sample``
-    random queries for faiss, 1.0 for exact)."""
+def tune_recall(index, sample: torch.Tensor, truth: torch.Tensor, target: float) -> tuple[float, list[dict]]:
+    """Double the search breadth until the approximate top-k of ``sample`` finds ``target`` of ``truth`` (its
+    exact top-k) or the breadth is at its cap; returns the last recall and every ``{breadth, recall}`` tried."""
+    tried = []
+    while True:
+        _, found = index_topk(index, sample, truth.shape[1])
+        tried.append({"breadth": breadth(index), "recall": round(recall(found, truth), 4)})
+        if tried[-1]["recall"] >= target or set_breadth(index, 2 * breadth(index)) == tried[-1]["breadth"]:
+            set_breadth(index, tried[-1]["breadth"])
+            return tried[-1]["recall"], tried
+
+
+def search(queries: torch.Tensor, keys: torch.Tensor, k: int, cfg: MineConfig,
+           desc: str = "search") -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Top-k keys per query by ``mine.index`` ("exact", "hnsw", "ivf", or "auto": exact up to ``exact_limit``
+    keys, HNSW beyond when faiss is installed); returns the scores, the indices and what was used:
+    ``{"index", "recall", ...}``, recall measured against exact search on ``mine.recall_sample`` queries
+    (1.0 for exact), with the breadth that reached it and whether it met ``mine.recall_target``."""
+    method = cfg.index
     if method == "auto":
-        method = "exact" if len(keys) <= exact_limit or not faiss_available() else "faiss"
+        method = "exact" if len(keys) <= cfg.exact_limit or not faiss_available() else "hnsw"
     if method == "exact":
-        scores, indices = exact_topk(queries, keys, k, chunk, progress, desc)
+        scores, indices = exact_topk(queries, keys, k, cfg.chunk, cfg.progress, desc)
         return scores, indices, {"index": "exact", "recall": 1.0}
-    if method != "faiss":
-        raise ValueError(f"mine.index {method!r}: use auto, exact or faiss")
-    scores, indices = faiss_topk(queries, keys, k, nlist, nprobe, seed)
-    pick = torch.from_numpy(np.random.default_rng(seed).choice(len(queries), min(recall_sample, len(queries)),
-                                                               replace=False))
-    _, truth = exact_topk(queries[pick], keys, k, chunk)
-    return scores, indices, {"index": "faiss", "recall": recall(indices[pick], truth), "recall_queries": len(pick)}
+    start = time.perf_counter()
+    index = build_index(keys, method, cfg)
+    built = time.perf_counter() - start
+    pick = torch.from_numpy(np.random.default_rng(cfg.seed).choice(
+        len(queries), min(cfg.recall_sample, len(queries)), replace=False))
+    _, truth = exact_topk(queries[pick], keys, k, cfg.chunk)
+    measured, tried = tune_recall(index, queries[pick], truth, cfg.recall_target)
+    if measured < cfg.recall_target:
+        log.warning("%s: %s recall %.3f at the widest search (%d) is below mine.recall_target %.2f; raise "
+                    "mine.hnsw_m / mine.nlist or use mine.index: exact", desc, method, measured, breadth(index),
+                    cfg.recall_target)
+    tuned = time.perf_counter() - start - built
+    scores, indices = index_topk(index, queries, k, cfg.progress, desc)
+    return scores, indices, {"index": method, "recall": measured, "recall_queries": len(pick),
+                             "recall_target": cfg.recall_target, "target_met": measured >= cfg.recall_target,
+                             "breadth": breadth(index), "tried": tried, "build_s": round(built, 3),
+                             "tune_s": round(tuned, 3)}
