@@ -624,6 +624,10 @@ def validate(params: Params) -> Params:
     for name, beta in zip(("beta1", "beta2"), params.train.optim.betas):
         if not 0 <= beta < 1:
             problems.append(f"train.optim.betas: {name} must be in [0, 1) (got {beta})")
+    weights = params.synth.object_count_weights
+    if len(weights) != 3 or any(w < 0 for w in weights) or sum(weights) <= 0:
+        problems.append("synth.object_count_weights: give three weights >= 0 (scenes of 1, 2 and 3 objects), "
+                        f"at least one > 0 (got {weights})")
     if any(k < 1 for k in params.evaluate.recall_ks):
         problems.append(f"evaluate.recall_ks: every K must be >= 1 (got {params.evaluate.recall_ks})")
     if problems:

@@ -20,6 +20,9 @@ from cafe.config import ConfigError, load_params
     ("train.objective.alpha_cn=3", "train.objective.alpha_cn: no such key (did you mean train.objective.alpha_con?)"),
     ("train.optim.betas=[0.9,1.5]", "train.optim.betas: beta2 must be in [0, 1) (got 1.5)"),
     ("evaluate.recall_ks=[1,0]", "evaluate.recall_ks: every K must be >= 1 (got [1, 0])"),
+    ("synth.object_count_weights=[0.5,0.5]", "synth.object_count_weights: give three weights >= 0 (scenes of 1, 2 "
+                                             "and 3 objects), at least one > 0 (got [0.5, 0.5])"),
+    ("synth.object_count_weights=[0,0,0]", "at least one > 0 (got [0.0, 0.0, 0.0])"),
 ])
 def test_impossible_values_are_one_line_naming_the_key(override, expected):
     with pytest.raises(ConfigError) as err:
