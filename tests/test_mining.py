@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from cafe.config import MineConfig
 from cafe.data.shards import read_data_version
-from cafe.mining.rules import KEEP, ORDER, PairKeys, count, hamming, reasons, select
+from cafe.mining.rules import KEEP, NOT_FOUND, ORDER, PairKeys, count, hamming, reasons, select
 from cafe.mining.search import exact_topk, faiss_available, recall, search
 from cafe.mining.shards import read_negatives, read_version
 from tests.conftest import make_adapter, pairs
@@ -127,6 +127,21 @@ def test_rules_off_keep_everything_but_the_positive():
     scores = np.full((1, 6), 0.5, dtype=np.float32)
     why = reasons(np.array([0]), candidates, scores, np.array([0.9], dtype=np.float32), keys, [], 0.05, 2, None)
     assert why[0, 0] == ORDER.index("self") and (why[0, 1:] == KEEP).all()
+
+
+def test_slots_an_approximate_index_left_empty_are_never_negatives_nor_compared():
+    keys = _keys()
+    # faiss pads a short result with index -1 (score -3.4e38); -1 must not wrap to the last pair (5, whose
+    # caption a rule could match) nor be kept
+    candidates = np.array([[4, -1, 5, -1]])
+    scores = np.array([[0.5, -3.4e38, 0.4, -3.4e38]], dtype=np.float32)
+    why = reasons(np.array([5]), candidates, scores, np.array([0.9], dtype=np.float32), keys, ["caption", "margin"],
+                  0.05, 2, None)
+    assert why[0].tolist() == [KEEP, NOT_FOUND, ORDER.index("self"), NOT_FOUND]
+    picked, _ = select(candidates, scores, why, 3, False, np.random.default_rng(0))
+    assert picked[0].tolist() == [4, -1, -1]
+    counts = count(why, picked)
+    assert counts["not_found"] == 2 and counts["kept"] == 1 and counts["unused"] == 0
 
 
 def test_near_duplicate_distance_is_a_threshold():

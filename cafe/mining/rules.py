@@ -25,6 +25,7 @@ import torch
 
 ORDER = ("self", "caption", "image_hash", "near_duplicate", "margin", "rank_range")
 KEEP = -1  # reason code of a surviving candidate
+NOT_FOUND = -2  # an approximate index returned fewer than ``mine.candidates`` neighbours (index -1)
 
 
 @dataclass
@@ -56,6 +57,7 @@ def reasons(query: np.ndarray, candidates: np.ndarray, scores: np.ndarray, posit
     :data:`KEEP`. ``query`` ``[n]`` pair indices, ``candidates`` ``[n, C]`` pair indices sorted by descending
     ``scores``, ``positive`` ``[n]`` the query's score with its own pair."""
     out = np.full(candidates.shape, KEEP, dtype=np.int8)
+    out[candidates < 0] = NOT_FOUND  # the rules below only change KEEP entries, so a -1 is never compared
     q = query[:, None]
 
     def mark(name: str, hit: np.ndarray) -> None:
@@ -96,8 +98,10 @@ def select(candidates: np.ndarray, scores: np.ndarray, why: np.ndarray, k: int, 
 
 
 def count(why: np.ndarray, selected: np.ndarray) -> dict[str, int]:
-    """Candidates per outcome: dropped by each rule, ``kept`` (selected), ``unused`` (survived, beyond k)."""
+    """Candidates per outcome: dropped by each rule, ``kept`` (selected), ``unused`` (survived, beyond k),
+    ``not_found`` (slots an approximate index left empty)."""
     counts = {name: int((why == code).sum()) for code, name in enumerate(ORDER)}
+    counts["not_found"] = int((why == NOT_FOUND).sum())
     kept = int((selected >= 0).sum())
     counts["kept"] = kept
     counts["unused"] = int((why == KEEP).sum()) - kept

@@ -130,9 +130,9 @@ def print_summary(summary: dict, out: str, console) -> None:
     table.add_column("candidates")
     for direction, info in summary["directions"].items():
         table.add_column(f"{direction} ({info['negative']} negatives)", justify="right")
-    for name in (*ORDER, "kept", "unused", "pairs_short"):
-        label = {"kept": "kept", "unused": "survived, not needed", "pairs_short": "pairs with < k negatives"}.get(
-            name, f"dropped: {name}")
+    for name in (*ORDER, "not_found", "kept", "unused", "pairs_short"):
+        label = {"kept": "kept", "unused": "survived, not needed", "pairs_short": "pairs with < k negatives",
+                 "not_found": "not found by the index"}.get(name, f"dropped: {name}")
         table.add_row(label, *(str(info[name]) for info in summary["directions"].values()))
     console.print(table)
     for direction, info in summary["search"].items():
