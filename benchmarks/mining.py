@@ -74,7 +74,7 @@ def scale_scenario(args) -> dict:
     from cafe.config import MineConfig
     from cafe.mining.rules import PairKeys
     from cafe.mining.run import mine_embeddings
-    from cafe.mining.search import build_index, exact_topk, index_topk, recall, set_breadth
+    from cafe.mining.search import build_index, exact_topk, recall_at
 
     torch.set_num_threads(args.threads)
     if args.method != "exact":
@@ -95,15 +95,10 @@ def scale_scenario(args) -> dict:
     start = time.perf_counter()
     if args.method == "curve":
         index = build_index(text, args.index, cfg)
-        out.update(index=args.index, build_s=time.perf_counter() - start, curve=[])
+        out.update(index=args.index, build_s=time.perf_counter() - start)
         pick = torch.from_numpy(rng.choice(n, size=1000, replace=False))
         _, truth = exact_topk(image[pick], text, args.candidates, args.chunk)
-        for width in args.breadths:
-            set_breadth(index, width)
-            t0 = time.perf_counter()
-            _, found = index_topk(index, image[pick], args.candidates)
-            out["curve"].append({"breadth": width, "recall": recall(found, truth),
-                                 "ms_per_query": 1000 * (time.perf_counter() - t0) / len(pick)})
+        out["curve"] = [recall_at(index, image[pick], truth, width) for width in args.breadths]
     else:
         mined = mine_embeddings(image, text, keys, cfg)
         search = mined["search"]

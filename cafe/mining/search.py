@@ -119,16 +119,23 @@ def recall(approx: torch.Tensor, exact: torch.Tensor) -> float:
     return float(sum(hits) / max(1, exact.numel()))
 
 
+def recall_at(index, sample: torch.Tensor, truth: torch.Tensor, width: int) -> dict:
+    """Search ``sample`` at breadth ``width`` (capped) and score it against ``truth``, its exact top-k:
+    ``{breadth, recall, ms_per_query}``; the index keeps that breadth."""
+    width = set_breadth(index, width)
+    start = time.perf_counter()
+    _, found = index_topk(index, sample, truth.shape[1])
+    return {"breadth": width, "recall": round(recall(found, truth), 4),
+            "ms_per_query": round(1000 * (time.perf_counter() - start) / max(1, len(sample)), 4)}
+
+
 def tune_recall(index, sample: torch.Tensor, truth: torch.Tensor, target: float) -> tuple[float, list[dict]]:
-    """Double the search breadth until the approximate top-k of ``sample`` finds ``target`` of ``truth`` (its
-    exact top-k) or the breadth is at its cap; returns the last recall and every ``{breadth, recall}`` tried."""
-    tried = []
-    while True:
-        _, found = index_topk(index, sample, truth.shape[1])
-        tried.append({"breadth": breadth(index), "recall": round(recall(found, truth), 4)})
-        if tried[-1]["recall"] >= target or set_breadth(index, 2 * breadth(index)) == tried[-1]["breadth"]:
-            set_breadth(index, tried[-1]["breadth"])
-            return tried[-1]["recall"], tried
+    """Double the search breadth until ``sample``'s recall reaches ``target`` or the breadth is at its cap;
+    returns the last recall and every :func:`recall_at` tried."""
+    tried = [recall_at(index, sample, truth, breadth(index))]
+    while tried[-1]["recall"] < target and set_breadth(index, 2 * tried[-1]["breadth"]) > tried[-1]["breadth"]:
+        tried.append(recall_at(index, sample, truth, breadth(index)))
+    return tried[-1]["recall"], tried
 
 
 def search(queries: torch.Tensor, keys: torch.Tensor, k: int, cfg: MineConfig,
